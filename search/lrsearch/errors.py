@@ -1,0 +1,23 @@
+"""The errors lrsearch raises on purpose: each says what was wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class LRSearchError(Exception):
+    """Base of every error lrsearch raises for a problem the user can fix."""
+
+
+class ConfigError(LRSearchError):
+    """A study file, a command-line option or a stored study definition is not valid."""
+
+
+class DataError(LRSearchError):
+    """An objective's data cannot be read."""
+
+
+class ObjectiveError(LRSearchError):
+    """An objective cannot be found, imported or used."""
+
+
+class StorageError(LRSearchError):
+    """The study database cannot be reached, or holds something unexpected."""

@@ -1,0 +1,61 @@
+"""Steps a strategy's optimizer and scheduler(s) in the right unit; the training loop never asks which family."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import torch
+
+from lrsearch.optimizers import OPTIMIZERS
+from lrsearch.schedulers import SCHEDULERS, StepUnit
+
+if TYPE_CHECKING:
+    from lrsearch.strategy import LRStrategy
+
+
+class Schedule:
+    """The optimizer plus the scheduler of a strategy, with its warmup in front.
+
+    Call `after_batch()` after every `optimizer.step()` and `after_epoch(val_loss)` after every epoch's
+    validation; each scheduler steps only in its own unit. This is exactly what `LRStrategy.to_code` prints.
+    """
+
+    def __init__(self, strategy: LRStrategy, parameters: Iterable[torch.nn.Parameter], steps_per_epoch: int):
+        family = SCHEDULERS[strategy.scheduler]
+        optimizer_class = getattr(torch.optim, OPTIMIZERS[strategy.optimizer].torch_name)
+        self.optimizer: torch.optim.Optimizer = optimizer_class(parameters, **strategy.optimizer_kwargs())
+        self.unit = family.unit
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        if family.torch_name is not None:
+            scheduler_class = getattr(torch.optim.lr_scheduler, family.torch_name)
+            self.scheduler = scheduler_class(self.optimizer, **strategy.scheduler_kwargs(steps_per_epoch))
+        self.warmup_steps = strategy.warmup_steps(steps_per_epoch)
+        self.warmup: torch.optim.lr_scheduler.LinearLR | None = None
+        if self.warmup_steps:
+            # Made after the scheduler: LinearLR then starts the LR at start_factor times the scheduler's start.
+            self.warmup = torch.optim.lr_scheduler.LinearLR(
+                self.optimizer, start_factor=strategy.warmup_start_factor, total_iters=self.warmup_steps
+            )
+        self._steps = 0
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def after_batch(self) -> None:
+        if self.unit is StepUnit.BATCH:
+            self._advance(None)
+
+    def after_epoch(self, val_loss: float) -> None:
+        if self.unit is not StepUnit.BATCH:
+            self._advance(val_loss)
+
+    def _advance(self, val_loss: float | None) -> None:
+        if self.warmup is not None and self._steps < self.warmup_steps:
+            self.warmup.step()
+        elif isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val_loss)  # type: ignore[arg-type]
+        elif self.scheduler is not None:
+            self.scheduler.step()
+        self._steps += 1

@@ -1,0 +1,49 @@
+"""Which epoch of a trial counts: the best feasible one, or, when none is feasible, the least infeasible one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lrsearch.definition import Targets
+from lrsearch.training import EpochRecord
+
+
+@dataclass
+class EpochSelector:
+    """Follows a trial's epochs and keeps the one that is its result.
+
+    An epoch is feasible when val_acc >= min_val and train_acc <= max_train. The result is the feasible epoch with
+    the highest val_acc (the earliest on ties: fewer epochs to train); without one, the epoch with the smallest total
+    violation, so the sampler still learns how far off the trial was.
+    """
+
+    targets: Targets
+    chosen: EpochRecord | None = None
+    overfit_streak: int = 0  # epochs in a row with train_acc above max_train
+    _key: tuple[bool, float] = field(default=(False, float("-inf")))
+
+    def feasible(self, record: EpochRecord) -> bool:
+        return self.violations(record) == (0.0, 0.0)
+
+    def violations(self, record: EpochRecord) -> tuple[float, float]:
+        """How far val_acc is below min_val and train_acc above max_train (0 when met)."""
+        return (max(0.0, self.targets.min_val - record.val_acc), max(0.0, record.train_acc - self.targets.max_train))
+
+    def constraints(self, record: EpochRecord) -> dict[str, float]:
+        """Optuna constraint values: <= 0 means satisfied."""
+        return {
+            "val_acc_ge_min": self.targets.min_val - record.val_acc,
+            "train_acc_le_max": record.train_acc - self.targets.max_train,
+        }
+
+    def add(self, record: EpochRecord) -> None:
+        feasible = self.feasible(record)
+        key = (feasible, record.val_acc if feasible else -sum(self.violations(record)))
+        if key > self._key:
+            self.chosen, self._key = record, key
+        self.overfit_streak = self.overfit_streak + 1 if record.train_acc > self.targets.max_train else 0
+
+    def should_stop(self) -> bool:
+        """True once training accuracy has stayed above the ceiling for `overfit_patience` epochs."""
+        patience = self.targets.overfit_patience
+        return patience > 0 and self.overfit_streak >= patience

@@ -1,0 +1,140 @@
+"""Creating, resuming and loading lrsearch studies; the definition lives in the study, so workers need only its name."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lrsearch.definition import StudyDefinition
+from lrsearch.errors import ConfigError, StorageError
+from lrsearch.storage import mask_url
+
+if TYPE_CHECKING:
+    import optuna
+
+DEFINITION_ATTR = "lrsearch.definition"
+
+
+@dataclass(frozen=True)
+class Budget:
+    finished: int  # complete, pruned, or failed for good (not retried)
+    running: int
+    waiting: int  # queued retries of trials whose worker died
+    total: int
+
+    @property
+    def open_slots(self) -> int:
+        return self.total - self.finished - self.running - self.waiting
+
+
+def create_or_resume(
+    storage: optuna.storages.BaseStorage, definition: StudyDefinition, *, compare: bool = True
+) -> optuna.Study:
+    """Create the study, or resume it: its stored definition must match (only `trials` may change)."""
+    import optuna
+
+    try:
+        study = optuna.create_study(storage=storage, study_name=definition.name, direction="maximize",
+                                    load_if_exists=False)  # fmt: skip
+    except optuna.exceptions.DuplicatedStudyError:
+        study, stored = load(storage, definition.name)
+        if compare:
+            conflicts = stored.differences(definition)
+            if conflicts:
+                raise ConfigError(
+                    f"study '{definition.name}' already exists with a different definition "
+                    f"(differs in: {', '.join(conflicts)}); resume it with the same settings, or start a new study "
+                    "with --study-name"
+                ) from None
+        if stored.trials != definition.trials:
+            study.set_user_attr(DEFINITION_ATTR, stored.with_overrides(trials=definition.trials).to_json())
+        return study
+    try:
+        study.set_user_attr(DEFINITION_ATTR, definition.to_json())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val_acc_at_best_feasible_epoch"])
+    except BaseException:
+        optuna.delete_study(study_name=definition.name, storage=storage)  # no half-made study stays behind
+        raise
+    return study
+
+
+def load(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyDefinition]:
+    """An existing lrsearch study and its stored definition."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        known = ", ".join(names) if names else "none yet; create one with lrsearch start"
+        raise ConfigError(f"no study named '{name}' in this storage; studies there: {known}") from None
+    text = study.user_attrs.get(DEFINITION_ATTR)
+    if not isinstance(text, str):
+        raise StorageError(f"study '{name}' was not made by lrsearch (it has no stored definition)")
+    definition = StudyDefinition.from_json(text, f"study '{name}' (stored definition)")
+    return rebuild(study, definition), definition
+
+
+def rebuild(study: optuna.Study, definition: StudyDefinition) -> optuna.Study:
+    """The study with the definition's sampler and pruner: Optuna does not store them, so each worker makes them."""
+    import optuna
+
+    return optuna.load_study(
+        study_name=study.study_name,
+        storage=study._storage,
+        sampler=make_sampler(definition),
+        pruner=make_pruner(definition),
+    )
+
+
+def make_sampler(definition: StudyDefinition) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    options = dict(definition.sampler.options)
+    if definition.sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=None)
+    with warnings.catch_warnings():
+        # group=True is marked experimental; it splits the conditional space by family, which is what we need.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, **options)
+
+
+def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
+    import optuna
+
+    options, epochs = dict(definition.pruner.options), definition.epochs
+    match definition.pruner.name:
+        case "median":
+            return optuna.pruners.MedianPruner(**options)
+        case "halving":
+            return optuna.pruners.SuccessiveHalvingPruner(**options)
+        case "hyperband":
+            return optuna.pruners.HyperbandPruner(max_resource=epochs, **options)
+        case _:
+            return optuna.pruners.NopPruner()
+
+
+def budget(study: optuna.Study, total: int) -> Budget:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    finished = sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and t.number not in retried)
+        for t in trials
+    )
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    return Budget(finished, running, waiting, total)
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    import optuna
+
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+
+
+__all__ = ["Budget", "create_or_resume", "load", "budget", "mask_url"]

@@ -1,0 +1,34 @@
+"""A tiny classification objective for fast tests: 10 Gaussian clusters in 20 dimensions, a small MLP.
+
+Used by tests as `synthetic_objective:Synthetic` (the tests folder is on the import path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lrsearch.objective import Objective, TrainingData
+
+
+class Synthetic(Objective):
+    def __init__(self, *, samples: int = 2000, batch_size: int = 64, noise: float = 2.0):
+        self.samples, self.batch_size, self.noise = samples, batch_size, noise
+
+    def make_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def load_data(self, device: torch.device, data_dir: Path | None) -> TrainingData:
+        generator = torch.Generator().manual_seed(1234)
+        centres = torch.randn(10, 20, generator=generator) * 1.5
+
+        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            labels = torch.randint(0, 10, (n,), generator=generator)
+            points = centres[labels] + self.noise * torch.randn(n, 20, generator=generator)
+            return points.to(device), labels.to(device)
+
+        train_x, train_y = draw(self.samples)
+        val_x, val_y = draw(self.samples // 4)
+        return TrainingData(train_x, train_y, val_x, val_y)

@@ -43,3 +43,5 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 sys.path.insert(0, str(TESTS))
+# Processes started by tests find `lrsearch` (and pip) of this interpreter, whether or not the venv is activated.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
+import time
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lrsearch.errors import StorageError
 
@@ -17,6 +21,19 @@ DEFAULT_STORAGE = "sqlite:///lrsearch.db"
 HEARTBEAT_INTERVAL = int(os.environ.get("LRSEARCH_HEARTBEAT_INTERVAL", "20"))
 HEARTBEAT_GRACE = int(os.environ.get("LRSEARCH_HEARTBEAT_GRACE", "120"))
 SQLITE_BUSY_TIMEOUT = 60  # seconds a writer waits for the lock before SQLite gives up
+# A worker retries a storage call that failed for a transient reason (lock timeout, dropped connection, server
+# restarting) with backoff for this long, then gives up with a StorageError.
+STORAGE_RETRY_SECONDS = float(os.environ.get("LRSEARCH_STORAGE_RETRY_SECONDS", "300"))
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 15.0
+
+# "Operational" errors that waiting does not fix: a wrong URL, password, database name or path.
+_PERMANENT = (
+    "authentication failed", "does not exist", "no password supplied", "could not translate host name",
+    "unable to open database file", "Name or service not known",
+)  # fmt: skip
+
+_logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def mask_url(url: str) -> str:
@@ -24,11 +41,119 @@ def mask_url(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", url)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDBStorage for `url`, with heartbeats and retry of dead workers' trials."""
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and its causes (optuna wraps SQLAlchemy's error, which wraps the driver's)."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for a storage failure that may pass when tried again: lock timeout, lost connection, server down."""
+    import sqlalchemy
+
+    transient = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError)
+    chain = list(_chain(error))
+    if any(marker in str(e) for e in chain for marker in _PERMANENT):
+        return False
+    return any(
+        isinstance(e, transient) or (isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated)
+        for e in chain
+    )
+
+
+def first_line(error: BaseException) -> str:
+    """The driver's message of a storage error (first line, password masked), not SQLAlchemy's boilerplate."""
+    import sqlalchemy
+
+    for e in _chain(error):
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.orig is not None:
+            error = e.orig
+            break
+    lines = str(error).strip().splitlines()
+    return mask_url(lines[0] if lines else type(error).__name__)
+
+
+def retry_transient(call: Callable[[], T], what: str, retry_seconds: float, shown_url: str = "") -> T:
+    """`call()`, tried again with exponential backoff while it fails for a transient reason, `retry_seconds` long."""
+    deadline = time.monotonic() + retry_seconds
+    delay = BACKOFF_FIRST
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StorageError(
+                    f"the study database {shown_url or ''} stayed unreachable for {retry_seconds:.0f}s "
+                    f"({what}: {first_line(e)}); check that the database server runs and the URL is right, then "
+                    "start the worker again (a trial it was running is re-run by another worker)"
+                ) from e
+            _logger.warning("storage error in %s (%s); retrying in %.1fs", what, first_line(e), min(delay, left))
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+
+# The RDBStorage methods that talk to the database: the public ones and the private ones optuna's cache calls.
+_RETRIED_METHODS = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+    "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
+    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials", "get_best_trial",
+    "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
+)  # fmt: skip
+
+
+@functools.cache
+def _retrying_storage_class() -> type[optuna.storages.RDBStorage]:
+    """RDBStorage whose database calls go through `retry_transient` for `retry_seconds` (0: called once)."""
+    from optuna.storages import RDBStorage
+
+    def retried(name: str) -> Callable[..., Any]:
+        method = getattr(RDBStorage, name)
+
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self.retry_seconds:
+                return method(self, *args, **kwargs)
+            return retry_transient(lambda: method(self, *args, **kwargs), name, self.retry_seconds, self.shown_url)
+
+        return wrapper
+
+    namespace: dict[str, Any] = {name: retried(name) for name in _RETRIED_METHODS}
+    namespace.update(retry_seconds=0.0, shown_url="")
+    return type("RetryingRDBStorage", (RDBStorage,), namespace)
+
+
+def retry_seconds_of(storage: optuna.storages.BaseStorage) -> float:
+    """How long the storage retries a failed call (0 for one opened without retries)."""
+    backend = getattr(storage, "_backend", storage)  # optuna wraps an RDBStorage in its cache
+    return float(getattr(backend, "retry_seconds", 0.0))
+
+
+def open_storage(url: str, *, retry_seconds: float = 0.0) -> optuna.storages.RDBStorage:
+    """An RDBStorage for `url`, with heartbeats and retry of dead workers' trials.
+
+    With `retry_seconds` (workers do this), a database call that fails for a transient reason (lock timeout,
+    dropped connection, server restarting) is tried again with backoff for that long; then a StorageError says so.
+    """
+    if retry_seconds:
+        opening = functools.partial(_open_storage, url, retry_seconds)
+        return retry_transient(opening, "opening the storage", retry_seconds, mask_url(url))
+    return _open_storage(url, 0.0)
+
+
+def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
     import optuna
     import sqlalchemy
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     shown = mask_url(url)
     try:
@@ -50,23 +175,25 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(
+            storage = _retrying_storage_class()(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=HEARTBEAT_INTERVAL,
                 grace_period=HEARTBEAT_GRACE,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
             )
+        if parsed.get_backend_name() == "sqlite":
+            # WAL lets the dashboard read while workers write; the mode is kept in the database file.
+            with storage.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
         raise StorageError(
             f"storage '{shown}': the database driver is not installed ({e}); for PostgreSQL run "
             "pip install 'lrsearch[postgres]' (psycopg2-binary)"
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-        message = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage '{shown}': {mask_url(message)}") from None
-    if parsed.get_backend_name() == "sqlite":
-        # WAL lets the dashboard read while workers write; the mode is kept in the database file.
-        with storage.engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        if retry_seconds and is_transient(e):
+            raise  # retry_transient tries again
+        raise StorageError(f"cannot open storage '{shown}': {first_line(e)}") from None
+    storage.retry_seconds, storage.shown_url = retry_seconds, shown  # type: ignore[attr-defined]
     return storage

@@ -27,6 +27,15 @@ class Budget:
     def open_slots(self) -> int:
         return self.total - self.finished - self.running - self.waiting
 
+    @property
+    def can_start(self) -> bool:
+        """A worker may start a trial: a new one in an open slot, or a queued retry while the budget has room."""
+        return self.open_slots > 0 or (self.waiting > 0 and self.finished + self.running < self.total)
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.total and self.running == 0
+
 
 def create_or_resume(
     storage: optuna.storages.BaseStorage, definition: StudyDefinition, *, compare: bool = True
@@ -131,10 +140,18 @@ def budget(study: optuna.Study, total: int) -> Budget:
     return Budget(finished, running, waiting, total)
 
 
+def stored_total(study: optuna.Study) -> int:
+    """The study's budget as stored now (a later `start --trials N` may have changed it), read without caching."""
+    text = study.user_attrs.get(DEFINITION_ATTR)
+    if not isinstance(text, str):
+        raise StorageError(f"study '{study.study_name}' was not made by lrsearch (it has no stored definition)")
+    return StudyDefinition.from_json(text, f"study '{study.study_name}' (stored definition)").trials
+
+
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     import optuna
 
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
 
 
-__all__ = ["Budget", "create_or_resume", "load", "budget", "mask_url"]
+__all__ = ["Budget", "create_or_resume", "load", "budget", "stored_total", "mask_url"]

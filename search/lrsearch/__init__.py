@@ -1,0 +1,27 @@
+"""lrsearch: find the learning-rate strategy that makes a PyTorch model train well.
+
+The public types an objective needs are importable from here; torch is loaded only when one of them is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lrsearch.errors import ConfigError, DataError, LRSearchError, ObjectiveError, StorageError
+
+if TYPE_CHECKING:
+    from lrsearch.objective import Objective, TrainingData
+    from lrsearch.strategy import LRStrategy
+
+__all__ = ["ConfigError", "DataError", "LRSearchError", "LRStrategy", "Objective", "ObjectiveError",
+           "StorageError", "TrainingData"]  # fmt: skip
+
+_LAZY = {"Objective": "lrsearch.objective", "TrainingData": "lrsearch.objective", "LRStrategy": "lrsearch.strategy"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lrsearch' has no attribute {name!r}")

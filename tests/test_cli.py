@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_study
+
+from lrsearch.cli import main
+
+FEASIBLE = """
+[targets]
+min_val = 0.2
+max_train = 1.0
+
+[space]
+optimizers = ["sgd"]
+schedulers = ["constant", "cosine"]
+lr = [0.02, 0.1]
+"""
+
+
+def lrsearch(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def trial_states(url: str) -> list[str]:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        return [row[0] for row in db.execute("SELECT state FROM trials ORDER BY number")]
+
+
+def test_start_then_best_trials_studies(tmp_path: Path, sqlite_url: str) -> None:
+    study = write_study(tmp_path, FEASIBLE, trials=3)
+    code, out, err = lrsearch("start", str(study), "--storage", sqlite_url)
+    assert code == 0, err
+    assert "[3/3]" in err and out == ""  # progress goes to stderr, nothing to stdout
+    assert trial_states(sqlite_url) == ["COMPLETE"] * 3
+
+    code, out, _ = lrsearch("best", "--storage", sqlite_url)
+    assert code == 0
+    assert "Best feasible strategy of study 'synthetic'" in out
+    assert "train loss" in out and "<- best feasible" in out
+    assert "optimizer = torch.optim.SGD(model.parameters(), lr=" in out
+
+    code, out, _ = lrsearch("best", "--storage", sqlite_url, "--json")
+    summary = json.loads(out)
+    assert summary["val_acc"] >= 0.2 and summary["epochs_to_train"] >= 1 and "torch.optim" in summary["code"]
+
+    code, out, _ = lrsearch("trials", "--storage", sqlite_url, "--json")
+    rows = json.loads(out)
+    assert [r["number"] for r in rows] == [0, 1, 2] and {r["optimizer"] for r in rows} == {"sgd"}
+    code, out, _ = lrsearch("trials", "--storage", sqlite_url)
+    assert len(out.splitlines()) == 4 and "complete" in out
+
+    code, out, _ = lrsearch("studies", "--storage", sqlite_url, "--json")
+    assert json.loads(out)[0] | {"best_val_acc": None} == {
+        "name": "synthetic", "trials": 3, "finished": 3, "best_val_acc": None, "best_trial": summary["trial"]
+    }  # fmt: skip
+
+
+def test_trials_is_the_total_and_start_resumes(tmp_path: Path, sqlite_url: str) -> None:
+    study = write_study(tmp_path, FEASIBLE, trials=2)
+    assert lrsearch("start", str(study), "--storage", sqlite_url)[0] == 0
+    code, _, err = lrsearch("start", "--study-name", "synthetic", "--trials", "5", "--storage", sqlite_url)
+    assert code == 0, err
+    assert len(trial_states(sqlite_url)) == 5
+    code, _, err = lrsearch("start", str(study), "--trials", "5", "--storage", sqlite_url)
+    assert code == 0 and len(trial_states(sqlite_url)) == 5  # nothing left to run
+
+
+def test_storage_comes_from_the_environment(tmp_path: Path, sqlite_url: str) -> None:
+    study = write_study(tmp_path, FEASIBLE, trials=1)
+    assert lrsearch("start", str(study), env={"LRSEARCH_STORAGE": sqlite_url})[0] == 0
+    assert trial_states(sqlite_url) == ["COMPLETE"]
+
+
+def test_a_conflicting_definition_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    study = write_study(tmp_path, FEASIBLE, trials=1)
+    assert lrsearch("start", str(study), "--storage", sqlite_url)[0] == 0
+    code, _, err = lrsearch("start", str(study), "--epochs", "7", "--min-val", "0.5", "--storage", sqlite_url)
+    assert code == 2
+    assert "study 'synthetic' already exists with a different definition" in err
+    assert "study.epochs" in err and "targets.min_val" in err and "Traceback" not in err
+    assert trial_states(sqlite_url) == ["COMPLETE"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trials", "0"], "[study] trials: 0 is not accepted; it must be 1 or more"),
+        (["--epochs", "-1"], "[study] epochs: -1 is not accepted"),
+        (["--sampler", "grid"], "[sampler] name: 'grid' is not accepted; choose from: tpe, random"),
+        (["--pruner", "asha"], "[pruner] name: 'asha' is not accepted; choose from: median, halving"),
+        (["--max-train", "1.5"], "[targets] max_train: 1.5 is not accepted; use a value in [0, 1]"),
+    ],
+)
+def test_bad_options_exit_2_and_create_nothing(tmp_path: Path, sqlite_url: str, args: list[str], message: str) -> None:
+    study = write_study(tmp_path, FEASIBLE)
+    code, _, err = lrsearch("start", str(study), *args, "--storage", sqlite_url)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert lrsearch("studies", "--storage", sqlite_url, "--json")[1].strip() == "[]"
+
+
+def test_bad_study_file_exit_2(tmp_path: Path, sqlite_url: str) -> None:
+    study = write_study(tmp_path, '[space]\nschedulers = ["cosin"]\n')
+    code, _, err = lrsearch("start", str(study), "--storage", sqlite_url)
+    assert code == 2
+    assert f"{study}: [space] unknown scheduler 'cosin'; choose from: constant, step" in err
+
+
+def test_read_commands_name_the_missing_study(sqlite_url: str, tmp_path: Path) -> None:
+    code, _, err = lrsearch("best", "--study-name", "nope", "--storage", sqlite_url)
+    assert code == 2 and "no study named 'nope' in this storage" in err
+    code, _, err = lrsearch("trials", "--storage", "mysql+nosuchdriver://u:secret@h/db")
+    assert code == 1 and "secret" not in err and "u:***@h" in err
+
+
+def test_best_without_a_feasible_trial_says_so(tmp_path: Path, sqlite_url: str) -> None:
+    study = write_study(tmp_path, FEASIBLE.replace("min_val = 0.2", "min_val = 1.0"), trials=1)
+    assert lrsearch("start", str(study), "--storage", sqlite_url)[0] == 0
+    code, _, err = lrsearch("best", "--storage", sqlite_url)
+    assert code == 1 and "has no feasible trial yet (1 complete)" in err
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from lrsearch.cli import main; sys.argv = ['lrsearch', '--help']\n" \
+           "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'"  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "start" in result.stdout and "best" in result.stdout

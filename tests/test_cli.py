@@ -133,3 +133,13 @@ def test_help_does_not_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "start" in result.stdout and "best" in result.stdout
+
+
+def test_diverging_trials_end_with_their_reason_and_the_study_goes_on(tmp_path: Path, sqlite_url: str) -> None:
+    study = write_study(tmp_path, FEASIBLE.replace("lr = [0.02, 0.1]", "lr = [50.0, 100.0]"), trials=3, epochs=2)
+    code, _, err = lrsearch("start", str(study), "--storage", sqlite_url)
+    assert code == 0, err
+    assert trial_states(sqlite_url) == ["COMPLETE"] * 3
+    rows = json.loads(lrsearch("trials", "--storage", sqlite_url, "--json")[1])
+    assert all(row["stop_reason"].startswith("diverged: loss became ") for row in rows)
+    assert all(row["feasible"] is False for row in rows)

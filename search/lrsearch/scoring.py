@@ -23,7 +23,7 @@ class EpochSelector:
     _key: tuple[bool, float] = field(default=(False, float("-inf")))
 
     def feasible(self, record: EpochRecord) -> bool:
-        return self.violations(record) == (0.0, 0.0)
+        return not record.diverged and self.violations(record) == (0.0, 0.0)
 
     def violations(self, record: EpochRecord) -> tuple[float, float]:
         """How far val_acc is below min_val and train_acc above max_train (0 when met)."""

@@ -1,4 +1,4 @@
-"""Schedule: every optimizer and scheduler family, with and without warmup, steps exactly like PyTorch by hand."""
+"""Schedule: every optimizer and scheduler family, with and without warmup, steps as PyTorch does by hand."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ UNITS = {
 
 
 def _reference_scheduler(family: str, optimizer: torch.optim.Optimizer, p: dict[str, Any], steps: int) -> Any:
-    """The PyTorch scheduler for a family, its arguments worked out here by hand; `steps` in the family's unit."""
+    """The PyTorch scheduler of a family, its arguments worked out here; `steps` in the family's unit."""
     if family == "constant":
         return None
     if family == "step":
@@ -91,7 +91,9 @@ def _reference_scheduler(family: str, optimizer: torch.optim.Optimizer, p: dict[
             cycle_momentum=False,
         )
     if family == "plateau":
-        return lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=p["factor"], patience=p["patience"])
+        return lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=p["factor"], patience=p["patience"]
+        )
     if family == "polynomial":
         return lr_scheduler.PolynomialLR(optimizer, total_iters=steps, power=p["power"])
     raise AssertionError(family)
@@ -109,15 +111,23 @@ def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Non
     optimizer.step()
 
 
-def reference_trajectory(optimizer_name: str, family: str, warmup_epochs: int, epochs: int = EPOCHS) -> list[float]:
-    """The LR of every batch, with PyTorch's classes made and stepped by hand (the LinearLR warmup made last)."""
+def reference_trajectory(
+    optimizer_name: str, family: str, warmup_epochs: int, epochs: int = EPOCHS
+) -> list[float]:
+    """The LR of every batch, PyTorch's classes made and stepped by hand (the LinearLR warmup made last)."""
     model = _model()
-    optimizer = OPTIMIZER_CLASSES[optimizer_name](model.parameters(), lr=LR, **OPTIMIZER_PARAMS[optimizer_name])
+    optimizer = OPTIMIZER_CLASSES[optimizer_name](
+        model.parameters(), lr=LR, **OPTIMIZER_PARAMS[optimizer_name]
+    )
     unit = UNITS.get(family, StepUnit.EPOCH)
     per_epoch = STEPS if unit is StepUnit.BATCH else 1
     warmup_steps = warmup_epochs * per_epoch
-    main = _reference_scheduler(family, optimizer, SCHEDULER_PARAMS[family], epochs * per_epoch - warmup_steps)
-    warmup = lr_scheduler.LinearLR(optimizer, START_FACTOR, total_iters=warmup_steps) if warmup_steps else None
+    main = _reference_scheduler(
+        family, optimizer, SCHEDULER_PARAMS[family], epochs * per_epoch - warmup_steps
+    )
+    warmup = (
+        lr_scheduler.LinearLR(optimizer, START_FACTOR, total_iters=warmup_steps) if warmup_steps else None
+    )
     done = 0
 
     def advance(val_loss: float | None) -> None:
@@ -262,7 +272,9 @@ def test_warmup_climbs_linearly_then_the_scheduler_starts_fresh(family: str, war
     assert math.isclose(head[0], START_FACTOR * start, rel_tol=1e-12)
     distinct = sorted(set(head))
     steps = warmup_epochs * (STEPS if SCHEDULERS[family].unit is StepUnit.BATCH else 1)
-    assert head == sorted(head) and len(distinct) == steps  # climbs at every warmup step, in the family's unit
+    assert (
+        head == sorted(head) and len(distinct) == steps
+    )  # climbs at every warmup step, in the family's unit
     assert head[-1] < tail[0]
 
 
@@ -271,3 +283,13 @@ def test_lr_property_reads_the_first_param_group() -> None:
     schedule.optimizer.param_groups[0]["lr"] = 0.25
     assert schedule.lr == 0.25
 
+
+@pytest.mark.parametrize("family", ["onecycle", "cyclic", "cosine", "step"])
+@pytest.mark.parametrize("warmup_epochs", [0, 1])
+def test_a_step_before_the_optimizer_step_would_fail_these_tests(family: str, warmup_epochs: int) -> None:
+    """PyTorch warns (an error in this suite) when a scheduler steps before the optimizer (ReduceLROnPlateau
+    excepted): the trajectory tests above would catch a driver that stepped too early."""
+    schedule = strategy("sgd", family, warmup_epochs).build(_model().parameters(), STEPS)
+    with pytest.warns(UserWarning, match=r"lr_scheduler.step\(\)` before `optimizer.step\(\)`"):
+        schedule.after_batch()
+        schedule.after_epoch(1.0)

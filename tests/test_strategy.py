@@ -1,4 +1,4 @@
-"""LRStrategy: from trial params, scheduler arguments over its horizon, and to_code() that runs like Schedule."""
+"""LRStrategy: from trial params, scheduler arguments over its horizon, to_code() that runs like Schedule."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from test_schedule import OPTIMIZER_PARAMS, SCHEDULER_PARAMS, STEPS, VAL_LOSSES, schedule_trajectory, strategy
 
 from lrsearch.schedulers import SCHEDULERS, StepUnit
 from lrsearch.strategy import LRStrategy
+from test_schedule import OPTIMIZER_PARAMS, SCHEDULER_PARAMS, STEPS, VAL_LOSSES, schedule_trajectory, strategy
 
 
 class RecordingLoader:
@@ -32,7 +32,7 @@ class RecordingLoader:
 
 
 def run_code(code: str, steps: int = STEPS) -> tuple[list[float], int]:
-    """Exec the generated code with stubs; returns the LR of every batch and how often `evaluate` was called."""
+    """Exec generated code with stubs; returns the LR of every batch and how often `evaluate` was called."""
     torch.manual_seed(0)
     namespace: dict[str, Any] = {}
     loader = RecordingLoader(namespace, steps)
@@ -140,7 +140,9 @@ def test_from_params_does_not_mix_families_with_a_common_prefix() -> None:
     ("family", "warmup_epochs", "expected_steps"),
     [("cosine", 0, 10), ("cosine", 3, 7), ("onecycle", 0, 10 * 7), ("onecycle", 2, 8 * 7), ("plateau", 1, 9)],
 )
-def test_horizon_excludes_warmup_in_the_family_unit(family: str, warmup_epochs: int, expected_steps: int) -> None:
+def test_horizon_excludes_warmup_in_the_family_unit(
+    family: str, warmup_epochs: int, expected_steps: int
+) -> None:
     s = LRStrategy("sgd", 0.1, family, 10, {}, SCHEDULER_PARAMS[family], warmup_epochs, 0.1)
     assert s.warmup_steps(7) == warmup_epochs * (7 if family == "onecycle" else 1)
     kwargs = s.scheduler_kwargs(7)
@@ -154,7 +156,8 @@ def test_horizon_excludes_warmup_in_the_family_unit(family: str, warmup_epochs: 
 
 @pytest.mark.parametrize(
     ("first", "second", "epochs", "milestones"),
-    [(0.3, 0.6, 10, [3, 6]), (0.5, 0.5, 10, [5]), (0.01, 0.02, 10, [1]), (0.2, 0.95, 4, [1, 4])],
+    # a milestone never falls on the last epoch, where its decay would come after training ends
+    [(0.3, 0.6, 10, [3, 6]), (0.5, 0.5, 10, [5]), (0.01, 0.02, 10, [1]), (0.2, 0.95, 4, [1, 3]), (0.9, 1.0, 1, [1])],
 )
 def test_multistep_milestones(first: float, second: float, epochs: int, milestones: list[int]) -> None:
     s = LRStrategy("sgd", 0.1, "multistep", epochs, {}, {"first": first, "second": second, "gamma": 0.1})
@@ -170,14 +173,19 @@ def test_cyclic_arguments() -> None:
         "mode": "triangular",
         "cycle_momentum": False,
     }
-    tiny = LRStrategy("adam", 0.02, "cyclic", 5, {}, {"ratio": 4.0, "cycle_epochs": 0.5, "mode": "triangular"})
+    tiny = LRStrategy(
+        "adam", 0.02, "cyclic", 5, {}, {"ratio": 4.0, "cycle_epochs": 0.5, "mode": "triangular"}
+    )
     assert tiny.scheduler_kwargs(1)["step_size_up"] == 1
 
 
 def test_unit_and_describe() -> None:
     s = LRStrategy("sgd", 0.05, "cosine", 10, {"momentum": 0.9}, {"min_factor": 0.001}, 1, 0.1)
     assert s.unit is StepUnit.EPOCH
-    assert s.describe() == "SGD(lr=0.05, momentum=0.9) + CosineAnnealingLR(min_factor=0.001), linear warmup 1 epoch from 0.1x"
+    assert (
+        s.describe()
+        == "SGD(lr=0.05, momentum=0.9) + CosineAnnealingLR [min_factor=0.001], linear warmup 1 epoch from 0.1x"
+    )
     constant = LRStrategy("adam", 1 / 3, "constant", 10, warmup_epochs=2, warmup_start_factor=0.5)
     assert constant.describe() == "Adam(lr=0.3333) + constant LR, linear warmup 2 epochs from 0.5x"
     assert LRStrategy("adam", 0.1, "onecycle", 3, {}, SCHEDULER_PARAMS["onecycle"]).unit is StepUnit.BATCH

@@ -195,6 +195,12 @@ def parse_table(table: Mapping[str, Any], where: str) -> StudyDefinition:
     objective_name = objective.take("name", str, "mnist_mlp", check=lambda v: v.strip() != "",
                                     accepted="give a registered name or module:attr")  # fmt: skip
     objective_options = objective.rest()
+    for key, value in objective_options.items():
+        if not _is_json(value):
+            raise ConfigError(
+                f"{where}: [objective] {key}: {value!r} is not accepted; use a string, number, true/false, "
+                "or a list or table of them (not nan, nor a date or time: the study could not store it)"
+            )
 
     targets = _Section(table, "targets", where)
     fraction = {"check": lambda v: 0.0 <= v <= 1.0 and not math.isnan(v), "accepted": "use a value in [0, 1]"}
@@ -212,6 +218,8 @@ def parse_table(table: Mapping[str, Any], where: str) -> StudyDefinition:
     if not isinstance(space_table, dict):
         raise ConfigError(f"{where}: [space] must be a table, got {space_table!r}")
 
+    space = SearchSpace.from_table(space_table, where)
+    space.check_epochs(epochs, where)
     return StudyDefinition(
         name=name,
         objective=objective_name,
@@ -222,8 +230,17 @@ def parse_table(table: Mapping[str, Any], where: str) -> StudyDefinition:
         targets=parsed_targets,
         sampler=_component(table, "sampler", SAMPLERS, base.sampler, where),
         pruner=_component(table, "pruner", PRUNERS, base.pruner, where),
-        space=SearchSpace.from_table(space_table, where),
+        space=space,
     )
+
+
+def _is_json(value: Any) -> bool:
+    """Whether the study can store this objective option as JSON and read it back unchanged."""
+    if isinstance(value, list):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return isinstance(value, (str, int, bool)) or (isinstance(value, float) and not math.isnan(value))
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -42,7 +42,9 @@ class SchedulerFamily:
 
 
 def _multistep(p: Mapping[str, Any], h: Horizon) -> dict[str, Any]:
-    milestones = sorted({max(1, round(p[key] * h.steps)) for key in ("first", "second")})
+    # A milestone at the last step would decay the LR after training ends: keep them inside the schedule.
+    last = max(1, h.steps - 1)
+    milestones = sorted({min(last, max(1, round(p[key] * h.steps))) for key in ("first", "second")})
     return {"milestones": milestones, "gamma": p["gamma"]}
 
 
@@ -160,8 +162,9 @@ SCHEDULERS: dict[str, SchedulerFamily] = {
     )
 }
 
-# A linear warmup may stand in front of any family: the LR climbs from start_factor * lr to lr over `epochs`
-# epochs (stepped in the family's own unit), then the family's scheduler starts as if fresh.
+# A linear warmup may stand in front of any family: the LR climbs from start_factor times the scheduler's own
+# starting LR (lr for the decaying families, lr / div_factor for OneCycleLR, lr / ratio for CyclicLR) up to it over
+# `epochs` epochs, stepped in the family's unit; then the family's scheduler starts as if fresh.
 WARMUP_PARAMS: dict[str, ParamSpec] = {
     "epochs": IntRange(0, 2),
     "start_factor": FloatRange(0.01, 0.5, log=True, minimum=1e-4, maximum=1.0),

@@ -30,10 +30,11 @@ class EpochSelector:
         return (max(0.0, self.targets.min_val - record.val_acc), max(0.0, record.train_acc - self.targets.max_train))
 
     def constraints(self, record: EpochRecord) -> dict[str, float]:
-        """Optuna constraint values: <= 0 means satisfied."""
+        """Optuna constraint values: <= 0 means satisfied; all are satisfied exactly when `feasible` says so."""
         return {
             "val_acc_ge_min": self.targets.min_val - record.val_acc,
             "train_acc_le_max": record.train_acc - self.targets.max_train,
+            "loss_finite": 1.0 if record.diverged else 0.0,
         }
 
     def add(self, record: EpochRecord) -> None:

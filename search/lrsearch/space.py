@@ -34,8 +34,7 @@ class SearchSpace:
             trial, optimizer, self.optimizers[optimizer], OPTIMIZERS[optimizer].conditions
         )
         scheduler_params = _suggest_all(trial, scheduler, self.schedulers[scheduler], {})
-        warmup_range = self.warmup["epochs"]
-        assert isinstance(warmup_range, IntRange)
+        warmup_range = self.check_epochs(epochs, "search space")
         # At least one epoch is left for the scheduler itself.
         warmup_epochs = warmup_range.suggest(trial, "warmup.epochs", cap=epochs - 1)
         start_factor = self.warmup["start_factor"].suggest(trial, "warmup.start_factor") if warmup_epochs else 1.0
@@ -49,6 +48,17 @@ class SearchSpace:
             warmup_epochs=warmup_epochs,
             warmup_start_factor=start_factor,
         )
+
+    def check_epochs(self, epochs: int, where: str) -> IntRange:
+        """The warmup range, checked to leave at least one of `epochs` epochs to the scheduler."""
+        warmup_range = self.warmup["epochs"]
+        assert isinstance(warmup_range, IntRange)
+        if warmup_range.low > epochs - 1:
+            raise ConfigError(
+                f"{where}: [space.warmup] epochs: a warmup of {warmup_range.low} or more epochs leaves none "
+                f"of the {epochs} epochs to the scheduler; use low <= {epochs - 1} (epochs - 1)"
+            )
+        return warmup_range
 
     def to_table(self) -> dict[str, Any]:
         """The space as a study file's [space] table, every range written out."""
@@ -75,9 +85,12 @@ class SearchSpace:
         optimizers = _family_list(table, "optimizers", OPTIMIZERS, where)
         schedulers = _family_list(table, "schedulers", SCHEDULERS, where)
         lr = DEFAULT_LR.override(table["lr"], f"{where}: [space] lr") if "lr" in table else DEFAULT_LR
+        # Every family table is checked, also of a family not chosen: a typo there is still an error.
+        params = {name: _params(table, name, family.params, where) for name, family in OPTIMIZERS.items()}
+        params |= {name: _params(table, name, family.params, where) for name, family in SCHEDULERS.items()}
         return cls(
-            optimizers={name: _params(table, name, OPTIMIZERS[name].params, where) for name in optimizers},
-            schedulers={name: _params(table, name, SCHEDULERS[name].params, where) for name in schedulers},
+            optimizers={name: params[name] for name in optimizers},
+            schedulers={name: params[name] for name in schedulers},
             lr=lr,
             warmup=_params(table, "warmup", WARMUP_PARAMS, where),
         )

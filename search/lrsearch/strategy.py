@@ -69,12 +69,14 @@ class LRStrategy:
         return Schedule(self, parameters, steps_per_epoch)
 
     def describe(self) -> str:
-        """One line, e.g. `SGD(lr=0.05, momentum=0.9) + CosineAnnealingLR(min_factor=0.001), warmup 1 epoch`."""
+        """One line, e.g. `SGD(lr=0.05, momentum=0.9) + CosineAnnealingLR [min_factor=0.001]`.
+
+        The optimizer shows its constructor arguments; the scheduler its sampled parameters, in brackets.
+        """
         family = SCHEDULERS[self.scheduler]
         optimizer = f"{OPTIMIZERS[self.optimizer].torch_name}({_args(self.optimizer_kwargs(), exact=False)})"
-        scheduler = (
-            "constant LR" if family.torch_name is None else f"{family.torch_name}({_args(self.scheduler_params, exact=False)})"
-        )
+        sampled = f" [{_args(self.scheduler_params, exact=False)}]" if self.scheduler_params else ""
+        scheduler = "constant LR" if family.torch_name is None else f"{family.torch_name}{sampled}"
         warmup = ""
         if self.warmup_epochs:
             plural = "s" if self.warmup_epochs > 1 else ""

@@ -95,7 +95,7 @@ def test_a_conflicting_definition_is_refused(tmp_path: Path, sqlite_url: str) ->
         (["--trials", "0"], "[study] trials: 0 is not accepted; it must be 1 or more"),
         (["--epochs", "-1"], "[study] epochs: -1 is not accepted"),
         (["--sampler", "grid"], "[sampler] name: 'grid' is not accepted; choose from: tpe, random"),
-        (["--pruner", "asha"], "[pruner] name: 'asha' is not accepted; choose from: median, halving"),
+        (["--pruner", "asha"], "[pruner] name: 'asha' is not accepted; choose from: feasible, median, halving"),
         (["--max-train", "1.5"], "[targets] max_train: 1.5 is not accepted; use a value in [0, 1]"),
     ],
 )

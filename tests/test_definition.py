@@ -61,7 +61,7 @@ def test_mnist_study_loads() -> None:
     assert definition.objective == "mnist_mlp" and definition.objective_options == {"validation": "test"}
     assert definition.targets == Targets(0.90, 0.95, "eval", 2)
     assert definition.sampler == Component("tpe", {"n_startup_trials": 10})
-    assert definition.pruner == Component("median", {"n_startup_trials": 5, "n_warmup_steps": 2})
+    assert definition.pruner == Component("feasible", {"n_startup_trials": 5, "n_warmup_steps": 2})
     assert list(definition.space.optimizers) == ["sgd", "adam", "adamw", "rmsprop", "adagrad"]
     assert len(definition.space.schedulers) == 10
     assert definition.space.lr == FloatRange(1e-4, 1.0, log=True, minimum=1e-8, maximum=100.0)
@@ -157,7 +157,7 @@ def test_with_overrides_applies_and_validates() -> None:
     ):
         base.with_overrides(min_val=1.5)
     with pytest.raises(
-        ConfigError, match=r"^command line: \[pruner\] name: 'asha' is not accepted; choose from: med"
+        ConfigError, match=r"^command line: \[pruner\] name: 'asha' is not accepted; choose from: feasible, med"
     ):
         base.with_overrides(pruner="asha")
     with pytest.raises(ConfigError, match=r"^command line: \[study\] name: '  ' is not accepted"):
@@ -329,7 +329,7 @@ def test_not_utf8(tmp_path: Path) -> None:
         ),
         (
             "[pruner]\nname = 'asha'\n",
-            "[pruner] name: 'asha' is not accepted; choose from: median, halving, hyper",
+            "[pruner] name: 'asha' is not accepted; choose from: feasible, median, halving, hyper",
         ),
         ("[pruner]\nn_warmup_steps = 1.5\n", "[pruner] n_warmup_steps must be a whole number, got 1.5"),
         ("[space]\nlr = [0.1, 0.001]\n", "[space] lr: low 0.1 is greater than high 0.001; write [low, high]"),
@@ -427,7 +427,7 @@ def test_parse_table_errors_name_the_given_source() -> None:
 # ----- any table: a definition or a ConfigError, never another exception -----
 
 WORDS = [
-    "tpe", "random", "median", "halving", "hyperband", "none", "eval", "running", "sgd", "adam", "cosine",
+    "tpe", "random", "feasible", "median", "halving", "hyperband", "none", "eval", "running", "sgd", "adam", "cosine",
     "step", "cyclic", "onecycle", "plateau", "cos", "linear", "triangular", "mnist_mlp", "",
 ]  # fmt: skip
 numbers = (

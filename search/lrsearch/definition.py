@@ -20,10 +20,17 @@ from lrsearch.space import SearchSpace
 
 SAMPLERS: dict[str, dict[str, type]] = {"tpe": {"n_startup_trials": int}, "random": {}}
 PRUNERS: dict[str, dict[str, type]] = {
+    "feasible": {"n_startup_trials": int, "n_warmup_steps": int},
     "median": {"n_startup_trials": int, "n_warmup_steps": int},
     "halving": {"min_resource": int, "reduction_factor": int},
     "hyperband": {"min_resource": int, "reduction_factor": int},
     "none": {},
+}
+# Options a sampler or pruner gets when the study file does not set them.
+OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tpe": {"n_startup_trials": 10},
+    "feasible": {"n_startup_trials": 5, "n_warmup_steps": 2},
+    "median": {"n_startup_trials": 5, "n_warmup_steps": 2},
 }
 TRAIN_ACCURACY = ("eval", "running")
 
@@ -55,7 +62,7 @@ class StudyDefinition:
     seed: int = 0
     targets: Targets = Targets()
     sampler: Component = Component("tpe", {"n_startup_trials": 10})
-    pruner: Component = Component("median", {"n_startup_trials": 5, "n_warmup_steps": 2})
+    pruner: Component = Component("feasible", {"n_startup_trials": 5, "n_warmup_steps": 2})
 
     def to_table(self) -> dict[str, Any]:
         """The definition as a complete study-file table (every default written out)."""
@@ -165,7 +172,7 @@ def _component(table: Mapping[str, Any], section: str, registry: Mapping[str, Ma
     reader = _Section(table, section, where)
     name = reader.take("name", str, default.name, check=registry.__contains__,
                        accepted=f"choose from: {', '.join(registry)}")  # fmt: skip
-    defaults = default.options if name == default.name else {}
+    defaults = OPTION_DEFAULTS.get(name, {})
     options: dict[str, Any] = {}
     for key, kind in registry[name].items():
         if key in reader.values or key in defaults:

@@ -37,6 +37,11 @@ class EpochSelector:
             "loss_finite": 1.0 if record.diverged else 0.0,
         }
 
+    @property
+    def score(self) -> float:
+        """The trial's result so far on one scale: val_acc when feasible (>= 0), minus the violation otherwise (< 0)."""
+        return self._key[1]
+
     def add(self, record: EpochRecord) -> None:
         feasible = self.feasible(record)
         key = (feasible, record.val_acc if feasible else -sum(self.violations(record)))

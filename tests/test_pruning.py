@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lrsearch.definition import Targets
+from lrsearch.pruning import FeasibleMedianPruner
+
+TARGETS = Targets(min_val=0.90, max_train=0.95)
+
+
+def epochs(*accuracies: tuple[float, float]) -> list[dict[str, float]]:
+    return [{"epoch": i, "train_loss": 0.1, "train_acc": train, "val_loss": 0.1, "val_acc": val, "lr": 0.1,
+             "lr_end": 0.1, "seconds": 1.0} for i, (val, train) in enumerate(accuracies, start=1)]  # fmt: skip
+
+
+def study_with(histories: list[list[dict[str, float]]], state: TrialState = TrialState.COMPLETE) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    for history in histories:
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=None if state != TrialState.COMPLETE else history[-1]["val_acc"],
+            intermediate_values={h["epoch"]: h["val_acc"] for h in history}, user_attrs={"history": history},
+        ))  # fmt: skip
+    return study
+
+
+def running(history: list[dict[str, float]]) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        state=TrialState.RUNNING, intermediate_values={h["epoch"]: h["val_acc"] for h in history},
+        user_attrs={"history": history},
+    )  # fmt: skip
+
+
+# Fast learners: high val_acc early, then over the training ceiling (stopped after 3 epochs).
+OVERFIT = epochs((0.95, 0.955), (0.97, 0.975), (0.975, 0.985))
+# A slow riser that is feasible at epoch 3 with val 0.935 and will climb to ~0.955.
+SLOW_FEASIBLE = epochs((0.85, 0.85), (0.91, 0.91), (0.935, 0.93))
+# A trial stuck at chance.
+STUCK = epochs((0.11, 0.11), (0.11, 0.11), (0.11, 0.11))
+
+
+def test_keeps_the_slow_feasible_trial_that_optunas_median_pruner_would_cut() -> None:
+    study = study_with([OVERFIT] * 5)
+    assert optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2).prune(study, running(SLOW_FEASIBLE))
+    assert not FeasibleMedianPruner(TARGETS).prune(study, running(SLOW_FEASIBLE))
+
+
+def test_prunes_a_trial_below_the_feasible_median() -> None:
+    study = study_with([SLOW_FEASIBLE] * 5)
+    assert FeasibleMedianPruner(TARGETS).prune(study, running(STUCK))
+    assert not FeasibleMedianPruner(TARGETS).prune(study, running(SLOW_FEASIBLE))
+
+
+@pytest.mark.parametrize(("finished", "warmup", "epochs_run"), [(4, 2, 3), (5, 3, 3), (5, 2, 2)])
+def test_waits_for_startup_trials_and_warmup_epochs(finished: int, warmup: int, epochs_run: int) -> None:
+    study = study_with([SLOW_FEASIBLE] * finished)
+    pruner = FeasibleMedianPruner(TARGETS, n_startup_trials=5, n_warmup_steps=warmup)
+    assert not pruner.prune(study, running(STUCK[:epochs_run]))
+
+
+def test_a_stopped_complete_trial_keeps_its_score_a_pruned_one_does_not() -> None:
+    pruner = FeasibleMedianPruner(TARGETS)
+    complete = study_with([SLOW_FEASIBLE[:2]]).trials[0]
+    pruned = study_with([SLOW_FEASIBLE[:2]], TrialState.PRUNED).trials[0]
+    assert pruner.score(complete, 3) == pytest.approx(0.91)
+    assert pruner.score(pruned, 3) is None
+    assert pruner.score(running(OVERFIT), 3) == pytest.approx(-0.005)  # least violation: epoch 1, 0.955 - 0.95

@@ -136,7 +136,8 @@ def test_help_does_not_import_torch() -> None:
 
 
 def test_diverging_trials_end_with_their_reason_and_the_study_goes_on(tmp_path: Path, sqlite_url: str) -> None:
-    study = write_study(tmp_path, FEASIBLE.replace("lr = [0.02, 0.1]", "lr = [50.0, 100.0]"), trials=3, epochs=2)
+    diverging = FEASIBLE.replace("lr = [0.02, 0.1]", "lr = [50.0, 100.0]").replace("min_val = 0.2", "min_val = 0.99")
+    study = write_study(tmp_path, diverging, trials=3, epochs=2)
     code, _, err = lrsearch("start", str(study), "--storage", sqlite_url)
     assert code == 0, err
     assert trial_states(sqlite_url) == ["COMPLETE"] * 3

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lrsearch.definition import Targets
+from lrsearch.records import EpochRecord
 from lrsearch.scoring import EpochSelector
-from lrsearch.training import EpochRecord
 
 TARGETS = Targets(min_val=0.90, max_train=0.95, overfit_patience=2)
 

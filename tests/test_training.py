@@ -5,10 +5,11 @@ import math
 
 import pytest
 import torch
-from synthetic_objective import Synthetic
 
+from lrsearch.records import EpochRecord
 from lrsearch.strategy import LRStrategy
-from lrsearch.training import EpochRecord, evaluate, steps_per_epoch, train
+from lrsearch.training import evaluate, steps_per_epoch, train
+from synthetic_objective import Synthetic
 
 OBJECTIVE = Synthetic(samples=640, batch_size=64)
 DATA = OBJECTIVE.load_data(torch.device("cpu"), None)

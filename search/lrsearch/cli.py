@@ -57,40 +57,80 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _definition_options(command: F) -> F:
+    """The study-definition options shared by `start` and `create`: each overrides the study file's value."""
+    options = [
+        click.argument("study_file", required=False, type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--trials", type=int, help="Total finished trials the study should have (not 'more')."),
+        click.option("--epochs", type=int, help="Epoch budget of each trial."),
+        storage_option,
+        click.option("--study-name", help="Study name (default: the study file's [study] name)."),
+        click.option("--sampler", help="tpe or random."),
+        click.option("--pruner", help="median, halving, hyperband or none."),
+        click.option("--min-val", type=float, help="Feasible epochs reach at least this validation accuracy"),
+        click.option("--max-train", type=float, help="Feasible epochs stay at or below this train accuracy"),
+        click.option("--seed", type=int, help="Study seed (each trial's seed derives from it)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+data_dir_option = click.option(
+    "--data-dir", envvar="LRSEARCH_DATA_DIR", type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with the objective's data, e.g. the folder holding MNIST/raw (env LRSEARCH_DATA_DIR).",
+)  # fmt: skip
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1..."
+)
+
+
 @main.command()
-@click.argument("study_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--trials", type=int, help="Total finished trials the study should have (not 'more trials').")
-@click.option("--epochs", type=int, help="Epoch budget of each trial.")
-@storage_option
-@click.option("--study-name", help="Study name (default: the study file's [study] name).")
-@click.option("--sampler", help="tpe or random.")
-@click.option("--pruner", help="median, halving, hyperband or none.")
-@click.option("--min-val", type=float, help="Feasible epochs reach at least this validation accuracy.")
-@click.option("--max-train", type=float, help="Feasible epochs stay at or below this training accuracy.")
-@click.option("--seed", type=int, help="Study seed (each trial's seed derives from it).")
-@click.option("--data-dir", envvar="LRSEARCH_DATA_DIR", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder with the objective's data, e.g. the folder holding MNIST/raw (env LRSEARCH_DATA_DIR).")  # fmt: skip
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1...")
+@_definition_options
+@data_dir_option
+@device_option
+@click.option("--workers", help="Worker processes on this host: a number, or auto (one per CPU core, or one "
+              "per GPU). Default: one worker, in this process.")  # fmt: skip
+@click.option("--gpus", help="GPU ids, e.g. 0,1,2,3: --per-gpu workers per GPU, each pinned to it.")
+@click.option("--per-gpu", type=int, default=1, show_default=True, help="Workers per GPU listed in --gpus.")
 @_errors_to_exit_codes
-def start(study_file: Path | None, storage: str, data_dir: Path | None, device: str, **overrides: Any) -> None:
+def start(
+    study_file: Path | None,
+    storage: str,
+    data_dir: Path | None,
+    device: str,
+    workers: str | None,
+    gpus: str | None,
+    per_gpu: int,
+    **overrides: Any,
+) -> None:
     """Create or resume a study and run it until it has --trials finished trials.
 
     Without STUDY_FILE, an existing study is resumed with its stored definition, and a new one uses the
-    default study (studies/mnist.toml).
+    default study (studies/mnist.toml). With --workers or --gpus the trials run in several processes; more
+    can join from any host with `lrsearch worker`.
     """
-    from lrsearch.definition import default_study_file, load_study_file
     from lrsearch.storage import open_storage
+
+    db = open_storage(storage)
+    study, definition = _create_or_resume(db, study_file, overrides)
+    if workers is None and gpus is None and per_gpu == 1:
+        _run_start(storage, study.study_name, definition.trials, device, data_dir)
+    else:
+        _run_fleet(storage, study, definition.trials, device, data_dir, (workers, gpus, per_gpu))
+
+
+def _create_or_resume(db: Any, study_file: Path | None, overrides: dict[str, Any]) -> tuple[Any, Any]:
+    from lrsearch.definition import default_study_file, load_study_file
     from lrsearch.study import create_or_resume, load, study_names
 
     overrides["name"] = overrides.pop("study_name")
-    db = open_storage(storage)
     base = load_study_file(study_file or default_study_file())
     name = overrides["name"] or base.name
     if study_file is None and name in study_names(db):
         base = load(db, name)[1]  # resume with what is stored; only the flags given change it
     definition = base.with_overrides(**overrides)
-    study = create_or_resume(db, definition)
-    _run_start(storage, study.study_name, definition.trials, device, data_dir)
+    return create_or_resume(db, definition), definition
 
 
 def _run_start(storage: str, study_name: str, total: int, device: str, data_dir: Path | None) -> None:
@@ -101,20 +141,117 @@ def _run_start(storage: str, study_name: str, total: int, device: str, data_dir:
     click.echo(f"lrsearch: study '{study_name}' in {mask_url(storage)}, {total} trials", err=True)
     run_worker(storage, study_name, device=device, data_dir=data_dir, on_trial=progress.trial_done)
     click.echo(progress.closing_line(), err=True)
-    click.echo(f"see the result: lrsearch best --study-name {study_name} --storage {mask_url(storage)}", err=True)
+    _echo_next_step(study_name, storage)
+
+
+def _echo_next_step(study_name: str, storage: str) -> None:
+    click.echo(f"see the result: lrsearch best --study-name {study_name} --storage {mask_url(storage)}",
+               err=True)  # fmt: skip
+
+
+def _run_fleet(
+    storage: str, study: Any, total: int, device: str, data_dir: Path | None, layout: tuple[Any, Any, int]
+) -> None:
+    from lrsearch.fleet import plan_workers, run_fleet
+    from lrsearch.progress import Progress
+    from lrsearch.study import budget
+
+    workers, gpus, per_gpu = layout
+    specs = plan_workers(workers, gpus, per_gpu, device, total - budget(study, total).finished)
+    progress = Progress(total, started=time.monotonic())
+    click.echo(f"lrsearch: study '{study.study_name}' in {mask_url(storage)}, {total} trials, "
+               f"{len(specs)} workers", err=True)  # fmt: skip
+    run_fleet(storage, study.study_name, specs, data_dir=data_dir, on_trial=progress.trial_done,
+              echo=lambda line: click.echo(line, err=True))  # fmt: skip
+    click.echo(progress.closing_line(), err=True)
+    _echo_next_step(study.study_name, storage)
+
+
+@main.command()
+@_definition_options
+@_errors_to_exit_codes
+def create(study_file: Path | None, storage: str, **overrides: Any) -> None:
+    """Create the study (or check that it exists with the same definition) without running trials.
+
+    For setups where the workers start on their own: `lrsearch create` once, then `lrsearch worker` anywhere.
+    Running it again is harmless; --trials changes the budget of an existing study.
+    """
+    from lrsearch.storage import open_storage
+    from lrsearch.study import budget
+
+    study, definition = _create_or_resume(open_storage(storage), study_file, overrides)
+    state, name = budget(study, definition.trials), study.study_name
+    click.echo(f"study '{name}' in {mask_url(storage)}: {state.finished}/{state.total} trials finished; run "
+               f"workers with: lrsearch worker --study-name {name}", err=True)  # fmt: skip
+
+
+@main.command()
+@storage_option
+@study_name_option
+@device_option
+@data_dir_option
+@click.option("--threads", type=click.IntRange(min=1), envvar="LRSEARCH_TORCH_THREADS",
+              help="torch CPU threads of this worker (env LRSEARCH_TORCH_THREADS)")  # fmt: skip
+@click.option("--quiet", is_flag=True, help="No line per trial (the workers of `start` run quiet).")
+@_errors_to_exit_codes
+def worker(
+    storage: str, study_name: str | None, device: str, data_dir: Path | None, threads: int | None, quiet: bool
+) -> None:
+    """Join a study from any host: run its trials until its budget is spent.
+
+    The study definition (space, objective, sampler, pruner, targets, budget) is read from the storage; give
+    the same --storage URL as the other workers (a PostgreSQL URL across hosts).
+    """
+    from lrsearch.progress import Progress
+    from lrsearch.storage import open_storage
+    from lrsearch.study import budget, load, stored_total
+    from lrsearch.worker import run_worker, worker_id
+
+    name = study_name or _study_name(open_storage(storage), None)
+    progress = None if quiet else Progress(0, started=time.monotonic())
+    if progress is not None:
+        click.echo(f"lrsearch worker {worker_id()}: study '{name}' in {mask_url(storage)}", err=True)
+    try:
+        ran = run_worker(storage, name, device=device, data_dir=data_dir, threads=threads,
+                         on_trial=None if progress is None else _progress_with_total(progress))  # fmt: skip
+    except KeyboardInterrupt:
+        if not quiet:
+            click.echo("worker interrupted: its running trial is queued to run again", err=True)
+        sys.exit(130)
+    if not quiet:
+        study = load(open_storage(storage), name)[0]
+        state = budget(study, stored_total(study))
+        trials_ran = f"{ran} trial{'s' * (ran != 1)}"
+        click.echo(f"worker done: ran {trials_ran}; the study has {state.finished}/{state.total} finished",
+                   err=True)  # fmt: skip
+
+
+def _progress_with_total(progress: Any) -> Callable[[Any, Any], None]:
+    def on_trial(trial: Any, state: Any) -> None:
+        progress.total = state.total  # the budget is the study's, read from the storage
+        progress.trial_done(trial, state)
+
+    return on_trial
+
+
+def _study_name(db: Any, study_name: str | None) -> str:
+    from lrsearch.study import study_names
+
+    if study_name is None:
+        names = study_names(db)
+        if len(names) != 1:
+            listed = ", ".join(names) or "-"
+            raise ConfigError(f"give --study-name; the storage holds {len(names)} studies: {listed}")
+        study_name = names[0]
+    return study_name
 
 
 def _open(storage: str, study_name: str | None) -> tuple[Any, Any]:
     from lrsearch.storage import open_storage
-    from lrsearch.study import load, study_names
+    from lrsearch.study import load
 
     db = open_storage(storage)
-    if study_name is None:
-        names = study_names(db)
-        if len(names) != 1:
-            raise ConfigError(f"give --study-name; the storage holds {len(names)} studies: {', '.join(names) or '-'}")
-        study_name = names[0]
-    return load(db, study_name)
+    return load(db, _study_name(db, study_name))
 
 
 @main.command()
@@ -141,6 +278,40 @@ def trials(storage: str, study_name: str | None, as_json: bool) -> None:
 
     rows = trial_rows(_open(storage, study_name)[0])
     click.echo(json.dumps(rows, indent=2) if as_json else format_trials(rows))
+
+
+@main.command()
+@storage_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. The dashboard has no login and can delete studies.")  # fmt: skip
+@click.option("--port", default=8080, show_default=True, type=int, help="TCP port.")
+@click.option("--artifact-dir", envvar="LRSEARCH_ARTIFACT_DIR",
+              help="Folder of the per-trial curve files (env LRSEARCH_ARTIFACT_DIR; `off`: none). Default: "
+                   "<database file>.artifacts beside a SQLite database, none otherwise.")  # fmt: skip
+@_errors_to_exit_codes
+def dashboard(storage: str, host: str, port: int, artifact_dir: str | None) -> None:
+    """Serve optuna-dashboard on the study database: curves, notes, the best feasible trial per study."""
+    from lrsearch.dashboard import serve
+
+    serve(storage, host=host, port=port, artifact_folder=artifact_dir)
+
+
+@main.command()
+@storage_option
+@study_name_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for index.html and the PNGs (default: lrsearch-report-<study name>).")  # fmt: skip
+@_errors_to_exit_codes
+def report(storage: str, study_name: str | None, out: Path | None) -> None:
+    """Write a self-contained HTML report (opens offline) and its plots as PNG files."""
+    import re
+
+    from lrsearch.report import write_report
+
+    study, definition = _open(storage, study_name)
+    folder = out or Path("lrsearch-report-" + re.sub(r"[^\w.-]+", "-", study.study_name))
+    index = write_report(study, definition, folder, storage_label=mask_url(storage))
+    click.echo(f"report written: {index}")
 
 
 @main.command()

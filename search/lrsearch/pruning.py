@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrsearch.definition import Targets
 from lrsearch.scoring import EpochSelector
-from lrsearch.training import EpochRecord
+from lrsearch.records import EpochRecord
 
 
 class FeasibleMedianPruner(optuna.pruners.BasePruner):

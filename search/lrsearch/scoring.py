@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lrsearch.definition import Targets
-from lrsearch.training import EpochRecord
+from lrsearch.records import EpochRecord
 
 
 @dataclass

@@ -52,10 +52,14 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for a storage failure that may pass when tried again: lock timeout, lost connection, server down."""
+    """True for a storage failure that may pass if tried again: lock timeout, lost connection, server down."""
     import sqlalchemy
 
-    transient = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.DisconnectionError)
+    transient = (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.DisconnectionError,
+    )
     chain = list(_chain(error))
     if any(marker in str(e) for e in chain for marker in _PERMANENT):
         return False
@@ -78,7 +82,7 @@ def first_line(error: BaseException) -> str:
 
 
 def retry_transient(call: Callable[[], T], what: str, retry_seconds: float, shown_url: str = "") -> T:
-    """`call()`, tried again with exponential backoff while it fails for a transient reason, `retry_seconds` long."""
+    """`call()`, tried again with backoff while it fails for a transient reason, for `retry_seconds`."""
     deadline = time.monotonic() + retry_seconds
     delay = BACKOFF_FIRST
     while True:
@@ -91,10 +95,12 @@ def retry_transient(call: Callable[[], T], what: str, retry_seconds: float, show
             if left <= 0:
                 raise StorageError(
                     f"the study database {shown_url or ''} stayed unreachable for {retry_seconds:.0f}s "
-                    f"({what}: {first_line(e)}); check that the database server runs and the URL is right, then "
-                    "start the worker again (a trial it was running is re-run by another worker)"
+                    f"({what}: {first_line(e)}); check that the database server runs and the URL is right, "
+                    "then start the worker again (a trial it was running is re-run by another worker)"
                 ) from e
-            _logger.warning("storage error in %s (%s); retrying in %.1fs", what, first_line(e), min(delay, left))
+            _logger.warning(
+                "storage error in %s (%s); retrying in %.1fs", what, first_line(e), min(delay, left)
+            )
             time.sleep(min(delay, left))
             delay = min(delay * 2, BACKOFF_MAX)
 
@@ -123,7 +129,9 @@ def _retrying_storage_class() -> type[optuna.storages.RDBStorage]:
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             if not self.retry_seconds:
                 return method(self, *args, **kwargs)
-            return retry_transient(lambda: method(self, *args, **kwargs), name, self.retry_seconds, self.shown_url)
+            return retry_transient(
+                lambda: method(self, *args, **kwargs), name, self.retry_seconds, self.shown_url
+            )
 
         return wrapper
 
@@ -142,7 +150,7 @@ def open_storage(url: str, *, retry_seconds: float = 0.0) -> optuna.storages.RDB
     """An RDBStorage for `url`, with heartbeats and retry of dead workers' trials.
 
     With `retry_seconds` (workers do this), a database call that fails for a transient reason (lock timeout,
-    dropped connection, server restarting) is tried again with backoff for that long; then a StorageError says so.
+    dropped connection, server restarting) is tried again with backoff for that long; then StorageError.
     """
     if retry_seconds:
         opening = functools.partial(_open_storage, url, retry_seconds)
@@ -153,7 +161,6 @@ def open_storage(url: str, *, retry_seconds: float = 0.0) -> optuna.storages.RDB
 def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
     import optuna
     import sqlalchemy
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     shown = mask_url(url)
     try:
@@ -169,19 +176,15 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
         if parsed.database and parsed.database != ":memory:":
             folder = os.path.dirname(os.path.abspath(parsed.database))
             if not os.path.isdir(folder):
-                raise StorageError(f"storage '{shown}': folder {folder} does not exist; create it or fix the path")
+                raise StorageError(
+                    f"storage '{shown}': folder {folder} does not exist; create it or fix the path"
+                )
     else:
-        engine_kwargs["pool_pre_ping"] = True  # survive a server restart between two uses of a pooled connection
+        engine_kwargs["pool_pre_ping"] = (
+            True  # survive a server restart between two uses of a pooled connection
+        )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = _retrying_storage_class()(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=HEARTBEAT_GRACE,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )
+        storage = _new_storage(url, engine_kwargs)
         if parsed.get_backend_name() == "sqlite":
             # WAL lets the dashboard read while workers write; the mode is kept in the database file.
             with storage.engine.connect() as connection:
@@ -197,3 +200,28 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
         raise StorageError(f"cannot open storage '{shown}': {first_line(e)}") from None
     storage.retry_seconds, storage.shown_url = retry_seconds, shown  # type: ignore[attr-defined]
     return storage
+
+
+def _new_storage(url: str, engine_kwargs: dict[str, object]) -> optuna.storages.RDBStorage:
+    import optuna
+    import sqlalchemy
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _retrying_storage_class()(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    grace_period=HEARTBEAT_GRACE,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            # Two processes opening a new database at the same moment both create its tables; the slower one
+            # hits a unique constraint and finds the tables made when it tries again.
+            if attempt == 2 or not any(isinstance(c, sqlalchemy.exc.IntegrityError) for c in _chain(e)):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     import optuna
 
 DEFINITION_ATTR = "lrsearch.definition"
+# A FAIL trial with this user attribute never ran and holds no place in the budget: a worker voided it because
+# it was made beyond the budget (the budget lock was lost while it was made) or its worker died at once.
+VOID_ATTR = "lrsearch.void"
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Budget:
 
     @property
     def can_start(self) -> bool:
-        """A worker may start a trial: a new one in an open slot, or a queued retry while the budget has room."""
+        """A worker may start a trial: a new one in an open slot, or a queued retry while there is room."""
         return self.open_slots > 0 or (self.waiting > 0 and self.finished + self.running < self.total)
 
     @property
@@ -116,6 +119,10 @@ def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
 
     options, epochs = dict(definition.pruner.options), definition.epochs
     match definition.pruner.name:
+        case "feasible":
+            from lrsearch.pruning import FeasibleMedianPruner
+
+            return FeasibleMedianPruner(definition.targets, **options)
         case "median":
             return optuna.pruners.MedianPruner(**options)
         case "halving":
@@ -129,23 +136,21 @@ def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
 def budget(study: optuna.Study, total: int) -> Budget:
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if VOID_ATTR not in t.user_attrs]
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    finished = sum(
-        t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and t.number not in retried)
-        for t in trials
-    )
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    finished = sum(t.state in done or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials)
     waiting = sum(t.state == TrialState.WAITING for t in trials)
     return Budget(finished, running, waiting, total)
 
 
 def stored_total(study: optuna.Study) -> int:
-    """The study's budget as stored now (a later `start --trials N` may have changed it), read without caching."""
-    text = study.user_attrs.get(DEFINITION_ATTR)
+    """The study's budget as stored now (a later `start --trials N` may have changed it), read uncached."""
+    name, text = study.study_name, study.user_attrs.get(DEFINITION_ATTR)
     if not isinstance(text, str):
-        raise StorageError(f"study '{study.study_name}' was not made by lrsearch (it has no stored definition)")
-    return StudyDefinition.from_json(text, f"study '{study.study_name}' (stored definition)").trials
+        raise StorageError(f"study '{name}' was not made by lrsearch (it has no stored definition)")
+    return StudyDefinition.from_json(text, f"study '{name}' (stored definition)").trials
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -1,7 +1,7 @@
 """The training loop that applies an LR strategy to an objective, one epoch at a time.
 
-Data stays on the device; batches are slices of a permutation made on the device; losses are summed on the device
-and read once per epoch, so no step waits for the host.
+Data stays on the device; batches are gathered (index_select) along a permutation made on the device; the
+steps' losses and predictions stay there and are reduced once per epoch, so no step waits for the host.
 """
 
 from __future__ import annotations
@@ -9,34 +9,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 
 from lrsearch.objective import Objective, TrainingData
+from lrsearch.records import EpochRecord
 from lrsearch.strategy import LRStrategy
 
 EVAL_BATCH = 8192
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int  # 1-based
-    train_loss: float  # mean loss over the epoch's batches, as trained
-    train_acc: float  # see `train_accuracy` in train()
-    val_loss: float
-    val_acc: float
-    lr: float  # LR of the epoch's first step
-    lr_end: float  # LR of its last step (differs from `lr` for per-batch schedules)
-    seconds: float
-
-    @property
-    def diverged(self) -> bool:
-        return not (math.isfinite(self.train_loss) and math.isfinite(self.val_loss))
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def steps_per_epoch(data: TrainingData, batch_size: int) -> int:
@@ -53,8 +33,9 @@ def train(
 ) -> Iterator[EpochRecord]:
     """Train a fresh model for `strategy.epochs` epochs, yielding each epoch's record as it ends.
 
-    `train_accuracy` "eval": accuracy of the epoch's final weights over the whole training set (an extra forward
-    pass); "running": accuracy of the batches as they were trained during the epoch (free, but lags the weights).
+    `train_accuracy` "eval": accuracy of the epoch's final weights over the whole training set (an extra
+    forward pass); "running": accuracy of the batches as they were trained during the epoch (free, but lags
+    the weights).
     The same seed on the same device gives the same records.
     """
     device = data.train_inputs.device
@@ -68,32 +49,34 @@ def train(
     inputs, targets = data.train_inputs, data.train_targets
     n = len(targets)
 
+    sizes = _batch_sizes(n, batch_size, device)
+    running = train_accuracy == "running"
     for epoch in range(1, strategy.epochs + 1):
         started = time.perf_counter()
         model.train()
-        lr_first = schedule.lr
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        lr_first = lr_last = schedule.lr
+        losses: list[torch.Tensor] = []
+        predicted = torch.empty(n, device=device, dtype=torch.long) if running else None
         order = torch.randperm(n, device=device, generator=generator)
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
-            x, y = inputs[batch], targets[batch]
+            x, y = inputs.index_select(0, batch), targets.index_select(0, batch)  # faster than inputs[batch]
             # forward / backward / step; the scheduler steps after the optimizer
             outputs = model(x)
             loss = objective.loss(outputs, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             lr_last = schedule.lr
             schedule.after_batch()
-            # bookkeeping stays on the device
-            loss_sum += loss.detach() * len(batch)
-            if train_accuracy == "running":
-                correct += (outputs.detach().argmax(dim=1) == y).sum()
-        train_loss = loss_sum.item() / n
+            # bookkeeping stays on the device and costs one op per step: reduced once the epoch ends
+            losses.append(loss.detach())
+            if predicted is not None:
+                torch.argmax(outputs.detach(), dim=1, out=predicted[start : start + batch_size])
+        train_loss = torch.dot(torch.stack(losses).float(), sizes).item() / n
         val_loss, val_acc = evaluate(model, objective, data.val_inputs, data.val_targets)
-        if train_accuracy == "running":
-            train_acc = correct.item() / n
+        if predicted is not None:
+            train_acc = (predicted == targets.index_select(0, order)).sum().item() / n
         else:
             train_acc = evaluate(model, objective, inputs, targets)[1]
         schedule.after_epoch(val_loss)
@@ -107,6 +90,13 @@ def train(
             lr_end=lr_last,
             seconds=time.perf_counter() - started,
         )
+
+
+def _batch_sizes(n: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The size of each batch of an epoch (the last one may be short), to weight the batches' mean losses."""
+    sizes = torch.full((math.ceil(n / batch_size),), float(batch_size), device=device)
+    sizes[-1] = n - batch_size * (len(sizes) - 1)
+    return sizes
 
 
 @torch.inference_mode()

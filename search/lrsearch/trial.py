@@ -9,8 +9,10 @@ import optuna
 
 from lrsearch.definition import StudyDefinition
 from lrsearch.objective import Objective, TrainingData
+from lrsearch.publish import publish_trial
 from lrsearch.scoring import EpochSelector
-from lrsearch.training import EpochRecord, steps_per_epoch, train
+from lrsearch.records import EpochRecord
+from lrsearch.training import steps_per_epoch, train
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class TrialRunner:
             trial.report(record.val_acc, record.epoch)
             if trial.should_prune():
                 self._summarise(trial, selector, f"pruned after epoch {record.epoch}")
+                publish_trial(trial, definition, complete=False)  # curves and notes for the dashboard
                 raise optuna.TrialPruned(f"val_acc {record.val_acc:.4f} after epoch {record.epoch}")
             if selector.should_stop():
                 stop_reason = (f"stopped after epoch {record.epoch}: train accuracy above "
@@ -61,6 +64,7 @@ class TrialRunner:
         chosen = self._summarise(trial, selector, stop_reason)
         for key, value in selector.constraints(chosen).items():
             trial.set_constraint(key, value)
+        publish_trial(trial, definition, complete=True)  # curves and notes for the dashboard
         return chosen.val_acc
 
     @staticmethod

@@ -1,0 +1,304 @@
+"""Seconds per trial-epoch: lrsearch's training of the default objective vs a DataLoader loop, side by side.
+
+What is measured, all in this one invocation on this one machine (only ratios of these runs are meaningful):
+
+- matmul peak: GFLOPS of a 2048 x 2048 fp32 matmul, with 1 thread (one core) and with one thread per core
+  (the machine);
+- reference: the loop people write (torchvision MNIST + ToTensor + DataLoader(batch 64, shuffle), SGD with
+  momentum, the same 784-128-10 MLP, `loss.item()` per step, then the 10k test images in DataLoader batches of
+  1000), alone on the machine with torch's default threads; seconds per epoch;
+- lrsearch, one worker: `lrsearch.training.train` on the default objective (MnistMLP: real MNIST, batch 64,
+  validation on the 10k test images), one process, with all cores' threads and with 1 thread;
+- lrsearch, whole machine: W = auto_workers() processes side by side, threads_per_worker(W) threads each (the
+  policy of `--workers auto`, lrsearch.threads), started together; trial-epochs per second of the machine =
+  all epochs trained / wall time from the common start to the last process's end.
+
+Each lrsearch process trains whole trials (a fresh model and strategy each, cycling through a few typical
+strategies), so a trial-epoch includes model creation, validation and the train-accuracy measurement:
+"eval" (the default: an extra forward pass over the 60k training images) and "running" (the accuracy during
+the epoch).
+Each process first trains a short warm-up that is not timed; loading MNIST is not timed either.
+
+FLOPs per epoch count the matmuls only (forward 2*m*k*n per layer; backward: weight gradients of both layers
+and the input gradient of the second), so the fraction of the matmul peak is a lower bound on the efficiency.
+
+    python benchmarks/epoch_speed.py [--data-dir DIR] [--epochs N] [--trials N] [--reference-epochs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LAYERS = ((28 * 28, 128), (128, 10))  # the default objective's MLP
+TRAIN_SAMPLES, VAL_SAMPLES = 60_000, 10_000
+MODES = ("eval", "running")
+
+
+def forward_flops() -> int:
+    return sum(2 * k * n for k, n in LAYERS)
+
+
+def train_flops() -> int:
+    """Forward, weight gradients of every layer, input gradients of every layer but the first."""
+    return forward_flops() + sum(2 * k * n for k, n in LAYERS) + sum(2 * k * n for k, n in LAYERS[1:])
+
+
+def epoch_flops(train_accuracy: str) -> float:
+    """Matmul FLOPs of one epoch: training, validation, and the "eval" pass over the training set."""
+    flops = TRAIN_SAMPLES * train_flops() + VAL_SAMPLES * forward_flops()
+    if train_accuracy == "eval":
+        flops += TRAIN_SAMPLES * forward_flops()
+    return float(flops)
+
+
+# --- what runs in the child processes ------------------------------------------------------------------
+
+
+def _matmul_gflops(threads: int, size: int = 2048, seconds: float = 2.0) -> float:
+    import torch
+
+    from lrsearch.threads import set_torch_threads
+
+    set_torch_threads(threads)
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    for _ in range(3):
+        a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
+
+
+def _strategies(epochs: int) -> list[Any]:
+    """A few typical strategies: per-epoch and per-batch schedules, SGD and adaptive optimizers."""
+    from lrsearch.strategy import LRStrategy
+
+    onecycle = {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e3, "anneal_strategy": "cos"}
+    return [
+        LRStrategy("sgd", 0.05, "cosine", epochs, {"momentum": 0.9, "nesterov": True}, {"min_factor": 0.01}),
+        LRStrategy("adam", 2e-3, "onecycle", epochs, {}, onecycle),
+        LRStrategy("rmsprop", 1e-3, "step", epochs, {}, {"step_size": 2, "gamma": 0.5}),
+    ]
+
+
+def _lrsearch_process(
+    data_dir: str | None,
+    threads: int,
+    train_accuracy: str,
+    trials: int,
+    epochs: int,
+    index: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """Train `trials` whole trials after the common start; report (epochs, start, end) in monotonic time."""
+    import torch
+
+    from lrsearch.objective import TrainingData
+    from lrsearch.threads import set_torch_threads
+    from lrsearch.training import train
+    from lrsearch_objectives.mnist_mlp import MnistMLP
+
+    set_torch_threads(threads)
+    objective = MnistMLP()
+    data = objective.load_data(torch.device("cpu"), Path(data_dir) if data_dir else None)
+    warmup = TrainingData(
+        data.train_inputs[:6400], data.train_targets[:6400], data.val_inputs, data.val_targets
+    )
+    for strategy in _strategies(1):
+        for _ in train(strategy, objective, warmup, seed=0, train_accuracy=train_accuracy):
+            pass
+    strategies = _strategies(epochs)
+    barrier.wait()
+    started, trained = time.monotonic(), 0
+    for trial in range(trials):
+        strategy = strategies[(index + trial) % len(strategies)]
+        for _ in train(strategy, objective, data, seed=trial, train_accuracy=train_accuracy):
+            trained += 1
+    results.put((trained, started, time.monotonic()))
+
+
+def _reference_process(data_dir: str | None, epochs: int, results: Any) -> None:
+    """The loop written the usual way; reports its seconds per epoch (train + test evaluation)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from lrsearch_objectives.mnist_mlp import resolve_root
+
+    root = str(resolve_root(Path(data_dir) if data_dir else None))
+    train_set = datasets.MNIST(root, train=True, transform=transforms.ToTensor(), download=False)
+    test_set = datasets.MNIST(root, train=False, transform=transforms.ToTensor(), download=False)
+    train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=1000)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 128), nn.ReLU(), nn.Linear(128, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        running_loss, correct = 0.0, 0
+        for images, labels in train_loader:
+            optimizer.zero_grad()
+            outputs = model(images)
+            loss = F.cross_entropy(outputs, labels)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            running_loss += loss.item() * len(labels)
+            correct += (outputs.argmax(dim=1) == labels).sum().item()
+        model.eval()
+        val_correct = 0
+        with torch.no_grad():
+            for images, labels in test_loader:
+                val_correct += (model(images).argmax(dim=1) == labels).sum().item()
+        seconds.append(time.perf_counter() - started)
+    results.put(seconds)
+
+
+# --- the parent ---------------------------------------------------------------------------------------------
+
+
+def _run(target: Callable[..., None], rows: Sequence[tuple[Any, ...]], *, barrier: bool = False) -> list[Any]:
+    """One spawned process (clean thread settings) per argument row, started together; their results.
+
+    With `barrier`, each process also gets a barrier shared by all of them (its argument before the queue).
+    """
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    extra = (context.Barrier(len(rows)),) if barrier else ()
+    processes = [context.Process(target=target, args=(*row, *extra, results)) for row in rows]
+    for process in processes:
+        process.start()
+    outcome = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"a benchmark process failed (exit code {process.exitcode})")
+    return outcome
+
+
+def _matmul_child(threads: int, results: Any) -> None:
+    results.put(_matmul_gflops(threads))
+
+
+def matmul_peak(threads: int) -> float:
+    return float(_run(_matmul_child, [(threads,)])[0])
+
+
+@dataclass(frozen=True)
+class Throughput:
+    workers: int
+    threads: int
+    epochs: int
+    seconds: float
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Seconds per trial-epoch of the whole set of workers (wall time / all epochs trained)."""
+        return self.seconds / self.epochs
+
+
+def lrsearch_throughput(
+    data_dir: str | None, workers: int, threads: int, train_accuracy: str, trials: int, epochs: int
+) -> Throughput:
+    rows = [(data_dir, threads, train_accuracy, trials, epochs, i) for i in range(workers)]
+    outcome = _run(_lrsearch_process, rows, barrier=True)
+    trained = sum(o[0] for o in outcome)
+    wall = max(o[2] for o in outcome) - min(o[1] for o in outcome)
+    return Throughput(workers, threads, trained, wall)
+
+
+def reference_seconds(data_dir: str | None, epochs: int) -> list[float]:
+    return list(_run(_reference_process, [(data_dir, epochs)])[0])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from lrsearch.threads import auto_workers, threads_per_worker, usable_cores
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("LRSEARCH_DATA_DIR"),
+        help="folder holding MNIST/raw (default: env LRSEARCH_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs of each timed lrsearch trial (default 3)"
+    )
+    parser.add_argument("--trials", type=int, default=2, help="timed trials per lrsearch process (default 2)")
+    parser.add_argument("--reference-epochs", type=int, default=2, help="timed reference epochs (default 2)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    cores = usable_cores()
+    workers = auto_workers(cores)
+    threads = threads_per_worker(workers, cores)
+    print(f"machine: {cores} cores, torch {torch.__version__}; load average {_load()}", flush=True)
+    peak_core, peak_machine = matmul_peak(1), matmul_peak(cores)
+    print(
+        f"matmul peak (2048^2 fp32): {peak_core:.1f} GFLOPS on 1 thread, "
+        f"{peak_machine:.1f} GFLOPS on {cores}",
+        flush=True,
+    )
+
+    reference = reference_seconds(args.data_dir, args.reference_epochs)
+    ref = statistics.median(reference)
+    ref_flops = epoch_flops("running")
+    print(
+        f"reference loop (DataLoader, {cores} threads): {ref:.3f} s/epoch (epochs: "
+        f"{', '.join(f'{s:.2f}' for s in reference)}); {ref_flops / ref / 1e9 / peak_machine:.1%} of the "
+        "machine's matmul peak",
+        flush=True,
+    )
+
+    configs = [
+        (1, cores, "one worker, all cores' threads"),
+        (1, 1, "one worker, 1 thread"),
+        (workers, threads, f"whole machine: {workers} workers x {threads} thread(s) (auto)"),
+    ]
+    rows = []
+    for mode in MODES:
+        for count, per, label in configs:
+            measured = lrsearch_throughput(args.data_dir, count, per, mode, args.trials, args.epochs)
+            peak = peak_machine if count * per > 1 else peak_core
+            fraction = epoch_flops(mode) / measured.seconds_per_epoch / 1e9 / peak
+            speedup = ref / measured.seconds_per_epoch
+            rows.append((mode, label, measured.seconds_per_epoch, speedup, fraction))
+            print(
+                f"lrsearch [{mode}] {label}: {measured.seconds_per_epoch:.3f} s/trial-epoch "
+                f"({measured.epochs} epochs in {measured.seconds:.1f} s); {speedup:.1f}x the reference; "
+                f"{fraction:.1%} of the matmul peak",
+                flush=True,
+            )
+
+    print(f"\nload average at the end: {_load()}")
+    print(
+        "\n| train accuracy | lrsearch run | s / trial-epoch "
+        f"| vs reference ({ref:.2f} s/epoch) | of matmul peak |"
+    )
+    print("|---|---|---|---|---|")
+    for mode, label, seconds, speedup, fraction in rows:
+        print(f"| {mode} | {label} | {seconds:.3f} | {speedup:.1f}x | {fraction:.0%} |")
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()

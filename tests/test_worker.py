@@ -1,0 +1,317 @@
+"""The worker loop in this process: exact budget, reaping dead workers' trials, clean stop, storage errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sqlite3
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+import lrsearch.storage
+import lrsearch.worker
+from conftest import write_study
+from lrsearch.cli import main
+from lrsearch.definition import load_study_file
+from lrsearch.errors import ConfigError, StorageError
+from lrsearch.storage import open_storage, retry_transient
+from lrsearch.study import VOID_ATTR, Budget, budget, create_or_resume, load
+from lrsearch.trial import trial_seed
+from lrsearch.worker import WORKER_ATTR, pick_device, run_worker, worker_id
+
+NO_PRUNING = '[pruner]\nname = "none"\n'
+
+
+@pytest.fixture(autouse=True)
+def _no_artifact_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LRSEARCH_ARTIFACT_DIR", "off")  # per-trial PNGs are not what these tests are about
+
+
+def make_study(tmp_path: Path, url: str, trials: int, body: str = NO_PRUNING) -> str:
+    definition = load_study_file(write_study(tmp_path, body, trials=trials, epochs=2))
+    create_or_resume(open_storage(url), definition)
+    return definition.name
+
+
+def states(url: str, name: str = "synthetic") -> Counter[str]:
+    study, _ = load(open_storage(url), name)
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def finished(url: str, name: str = "synthetic") -> int:
+    c = states(url, name)
+    return c["COMPLETE"] + c["PRUNED"] + c["FAIL"] - retried(url, name)
+
+
+def retried(url: str, name: str = "synthetic") -> int:
+    study, _ = load(open_storage(url), name)
+    return len({n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])})
+
+
+def copies_of(study: optuna.Study, number: int) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get("failed_trial") == number]
+
+
+def test_budget_counts() -> None:
+    assert Budget(finished=3, running=1, waiting=0, total=5).can_start
+    assert not Budget(finished=3, running=2, waiting=0, total=5).can_start
+    assert Budget(finished=3, running=1, waiting=1, total=5).can_start  # the retry takes its own slot
+    assert not Budget(finished=5, running=0, waiting=1, total=5).can_start  # budget lowered below the queue
+    assert Budget(finished=5, running=0, waiting=0, total=5).done
+    assert not Budget(finished=5, running=1, waiting=0, total=5).done
+
+
+def test_worker_runs_to_the_budget_and_signs_its_trials(tmp_path: Path, sqlite_url: str) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=3)
+    seen: list[int] = []
+    assert run_worker(sqlite_url, name, on_trial=lambda trial, state: seen.append(state.finished)) == 3
+    assert seen == [1, 2, 3]
+    assert run_worker(sqlite_url, name) == 0  # nothing left: returns at once
+    study, _ = load(open_storage(sqlite_url), name)
+    assert {t.user_attrs[WORKER_ATTR] for t in study.trials} == {worker_id()}
+
+
+def test_workers_in_threads_share_an_exact_budget(tmp_path: Path, sqlite_url: str) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=10)
+    results: list[int | BaseException] = []
+
+    def work() -> None:
+        try:
+            results.append(run_worker(sqlite_url, name))
+        except BaseException as e:  # reported below
+            results.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(isinstance(r, int) for r in results), results
+    assert sum(r for r in results if isinstance(r, int)) == 10
+    assert states(sqlite_url) == Counter(COMPLETE=10)
+
+
+def _ask_with_params(url: str, name: str, *, seed: int | None = 4242) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial with sampled parameters (and a seed), as a worker leaves it when it dies mid-trial."""
+    study, definition = load(open_storage(url), name)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        trial = study.ask()
+    definition.space.sample(trial, definition.epochs)
+    if seed is not None:
+        trial.set_user_attr("seed", seed)
+        trial.report(0.5, 1)
+    return study.trials[trial.number]
+
+
+def _age_heartbeat(url: str, trial_id: int) -> None:
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00' WHERE trial_id = ?", (trial_id,)
+        )
+    engine.dispose()
+
+
+@pytest.mark.parametrize("seed", [4242, None])  # None: it died before the seed was recorded
+def test_a_dead_workers_trial_is_run_again_with_its_params_and_seed(
+    tmp_path: Path, sqlite_url: str, seed: int | None
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=3)
+    dead = _ask_with_params(sqlite_url, name, seed=seed)
+    open_storage(sqlite_url).record_heartbeat(dead._trial_id)
+    _age_heartbeat(sqlite_url, dead._trial_id)  # its worker stopped beating long ago
+
+    assert run_worker(sqlite_url, name) == 3
+    study, definition = load(open_storage(sqlite_url), name)
+    assert study.trials[dead.number].state == TrialState.FAIL
+    [copy] = copies_of(study, dead.number)
+    assert copy.state == TrialState.COMPLETE and copy.params == dead.params
+    assert copy.user_attrs["seed"] == (seed if seed is not None else trial_seed(definition.seed, dead.number))
+    assert copy.number == dead.number + 1  # the queued copy runs before any new trial
+    assert finished(sqlite_url) == 3 and states(sqlite_url)["RUNNING"] == 0
+
+
+def test_a_trial_that_never_had_a_heartbeat_is_voided(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lrsearch.worker, "HEARTBEAT_GRACE", 0)
+    name = make_study(tmp_path, sqlite_url, trials=2)
+    orphan = _ask_with_params(sqlite_url, name, seed=None)  # its worker died before the first heartbeat
+    time.sleep(0.05)
+    assert run_worker(sqlite_url, name) == 2
+    study, _ = load(open_storage(sqlite_url), name)
+    voided = study.trials[orphan.number]
+    assert voided.state == TrialState.FAIL and VOID_ATTR in voided.user_attrs and not copies_of(study, 0)
+    assert states(sqlite_url) == Counter(COMPLETE=2, FAIL=1)
+    assert budget(study, 2) == Budget(
+        finished=2, running=0, waiting=0, total=2
+    )  # the void one holds no place
+
+
+def test_a_trial_made_while_the_lock_was_lost_is_voided_beyond_the_budget(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=1)
+    study, _ = load(open_storage(sqlite_url, retry_seconds=30), name)
+    checks: list[str] = []
+
+    @contextlib.contextmanager
+    def lock_lost_during_ask(storage: Any, study_name: str) -> Iterator[Callable[[], bool]]:
+        def held() -> bool:
+            checks.append("held")
+            if len(checks) == 2:  # after the ask: the connection dropped, and another worker made a trial
+                _ask_with_params(sqlite_url, name)
+                return False
+            return True
+
+        yield held
+
+    monkeypatch.setattr(lrsearch.worker, "budget_lock", lock_lost_during_ask)
+    trial, state = lrsearch.worker._claim(study, study._storage._backend, lrsearch.worker.Stopper())
+    assert trial is None and state == Budget(finished=0, running=1, waiting=0, total=1)
+    ours = study.get_trials(deepcopy=False)[0]
+    assert ours.state == TrialState.FAIL and "beyond the budget" in ours.user_attrs[VOID_ATTR]
+
+
+class _SignalledRunner:
+    """Samples the trial like the real runner, then receives SIGTERM mid-trial."""
+
+    def __init__(self, definition: Any, *args: Any) -> None:
+        self.definition = definition
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.definition.space.sample(trial, self.definition.epochs)
+        trial.set_user_attr("seed", 77)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler interrupts this
+        raise AssertionError("SIGTERM did not interrupt the trial")
+
+
+def test_sigterm_fails_the_running_trial_and_queues_it(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(lrsearch.worker, "TrialRunner", _SignalledRunner)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            run_worker(sqlite_url, name)
+        assert time.monotonic() - started < 8
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the worker's handler is gone
+    study, _ = load(open_storage(sqlite_url), name)
+    interrupted = study.trials[0]
+    assert interrupted.state == TrialState.FAIL and "SIGTERM" in interrupted.user_attrs["stop_reason"]
+    [copy] = copies_of(study, 0)
+    assert copy.state == TrialState.WAITING and copy.params == interrupted.params
+    assert states(sqlite_url)["RUNNING"] == 0
+
+    assert run_worker(sqlite_url, name) == 2  # resumes: the queued copy first, with its seed
+    study, _ = load(open_storage(sqlite_url), name)
+    assert study.trials[copy.number].user_attrs["seed"] == 77
+    assert finished(sqlite_url) == 2
+
+
+def test_a_lock_timeout_is_retried_not_fatal(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=2)
+    running = _ask_with_params(sqlite_url, name)
+    monkeypatch.setattr(lrsearch.storage, "SQLITE_BUSY_TIMEOUT", 0.1)  # SQLite gives up after 0.1 s
+    storage = open_storage(sqlite_url, retry_seconds=30)  # as a worker opens it
+    blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")  # another program holds the write lock for 1.5 s
+    release = threading.Timer(1.5, blocker.rollback)
+    release.start()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="lrsearch.storage"):
+        storage.set_trial_intermediate_value(running._trial_id, 2, 0.75)  # what trial.report does
+    release.join()
+    blocker.close()
+    assert time.monotonic() - started >= 1.4
+    assert "storage error in set_trial_intermediate_value (database is locked); retrying" in caplog.text
+    assert storage.get_trial(running._trial_id).intermediate_values == {1: 0.5, 2: 0.75}
+
+
+def test_retry_gives_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lrsearch.storage, "BACKOFF_FIRST", 0.01)
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return "ok"
+
+    assert retry_transient(flaky, "a test", 5) == "ok" and len(calls) == 3
+
+    def refused() -> None:
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    with pytest.raises(StorageError, match=r"stayed unreachable for 0s \(a test: connection refused\)"):
+        retry_transient(refused, "a test", 0.05)
+
+    def wrong_password() -> None:
+        raise sqlalchemy.exc.OperationalError(
+            "SELECT", {}, Exception('password authentication failed for "x"')
+        )
+
+    started = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError):  # waiting does not fix it: raised at once
+        retry_transient(wrong_password, "a test", 30)
+    with pytest.raises(ValueError):
+        retry_transient(lambda: int("x"), "a test", 30)
+    assert time.monotonic() - started < 1
+
+
+def test_worker_exits_with_a_message_when_the_database_stays_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lrsearch.worker, "STORAGE_RETRY_SECONDS", 2)
+    url = "postgresql+psycopg2://postgres@127.0.0.1:1/test"  # nothing listens on port 1
+    result = CliRunner().invoke(main, ["worker", "--storage", url, "--study-name", "x"])
+    assert result.exit_code == 1, result.output
+    assert "stayed unreachable for 2s" in result.stderr and "Connection refused" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_device_torch_cannot_use_is_a_clear_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    with pytest.raises(ConfigError, match="torch sees 0 CUDA device"):
+        pick_device("cuda")
+    with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
+        pick_device("gpu")
+    assert pick_device("auto").type == "cpu"
+
+
+def test_two_processes_creating_a_new_database_at_once(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, calls = lrsearch.storage._retrying_storage_class(), []
+
+    def slower_process(*args: Any, **kwargs: Any) -> Any:  # the other process made the tables first
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError(
+                "INSERT INTO alembic_version", {}, Exception("UNIQUE constraint")
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lrsearch.storage, "_retrying_storage_class", lambda: slower_process)
+    assert open_storage(sqlite_url).get_all_studies() == [] and len(calls) == 2

@@ -319,12 +319,12 @@ def test_kill_9_of_a_worker_reruns_its_trial(
 def test_sigint_stops_cleanly_and_start_resumes(
     tmp_path: Path, sqlite_url: str, process_env: dict[str, str]
 ) -> None:
-    total = 6
-    study = write_study(tmp_path, SLOW.format(samples=12000), trials=total, epochs=3)
+    total = 8
+    study = write_study(tmp_path, SLOW.format(samples=30000), trials=total, epochs=3)
     args = ("start", str(study), "--storage", sqlite_url, "--workers", "2")
     process = lrsearch_process(process_env, *args)
     wait_for(lambda: mid_trial(sqlite_url), 90, "a trial to run")
-    _wait_quietly(lambda: bool(mid_trial(sqlite_url, minimum=2)), 20)  # both workers in a trial, normally
+    _wait_quietly(lambda: bool(mid_trial(sqlite_url, minimum=2)), 4)  # both workers in a trial, normally
     process.send_signal(signal.SIGINT)
     code, err = finish(process, timeout=60)
     assert code == 130, err

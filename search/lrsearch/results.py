@@ -82,7 +82,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         rows.append({
             "number": t.number,
-            "state": t.state.name.lower(),
+            # A trial made past the budget after a lost lock is voided: failed, and not counted.
+            "state": "void" if t.user_attrs.get("lrsearch.void") else t.state.name.lower(),
             "optimizer": t.params.get("optimizer"),
             "scheduler": t.params.get("scheduler"),
             "lr": t.params.get("lr"),

@@ -52,8 +52,7 @@ def wait_for(driver: WebDriver, script: str, *, timeout: float = 60.0) -> object
     return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: d.execute_script(script))
 
 
-def full_page_screenshot(driver: WebDriver, path: Path, *, width: int = 1400, max_height: int = 12000
-                         ) -> Path:  # fmt: skip
+def full_page_screenshot(driver: WebDriver, path: Path, *, width: int = 1400, max_height: int = 12000) -> Path:
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
     driver.set_window_size(width, min(max_height, height + 120))
     driver.save_screenshot(str(path))

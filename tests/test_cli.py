@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_study
 
+from conftest import write_study
 from lrsearch.cli import main
 
 FEASIBLE = """
@@ -59,8 +59,12 @@ def test_start_then_best_trials_studies(tmp_path: Path, sqlite_url: str) -> None
 
     code, out, _ = lrsearch("studies", "--storage", sqlite_url, "--json")
     assert json.loads(out)[0] | {"best_val_acc": None} == {
-        "name": "synthetic", "trials": 3, "finished": 3, "best_val_acc": None, "best_trial": summary["trial"]
-    }  # fmt: skip
+        "name": "synthetic",
+        "trials": 3,
+        "finished": 3,
+        "best_val_acc": None,
+        "best_trial": summary["trial"],
+    }
 
 
 def test_trials_is_the_total_and_start_resumes(tmp_path: Path, sqlite_url: str) -> None:
@@ -95,7 +99,10 @@ def test_a_conflicting_definition_is_refused(tmp_path: Path, sqlite_url: str) ->
         (["--trials", "0"], "[study] trials: 0 is not accepted; it must be 1 or more"),
         (["--epochs", "-1"], "[study] epochs: -1 is not accepted"),
         (["--sampler", "grid"], "[sampler] name: 'grid' is not accepted; choose from: tpe, random"),
-        (["--pruner", "asha"], "[pruner] name: 'asha' is not accepted; choose from: feasible, median, halving"),
+        (
+            ["--pruner", "asha"],
+            "[pruner] name: 'asha' is not accepted; choose from: feasible, median, halving",
+        ),
         (["--max-train", "1.5"], "[targets] max_train: 1.5 is not accepted; use a value in [0, 1]"),
     ],
 )
@@ -128,8 +135,11 @@ def test_best_without_a_feasible_trial_says_so(tmp_path: Path, sqlite_url: str) 
 
 
 def test_help_does_not_import_torch() -> None:
-    code = "import sys; from lrsearch.cli import main; sys.argv = ['lrsearch', '--help']\n" \
-           "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'"  # fmt: skip
+    code = (
+        "import sys; from lrsearch.cli import main; sys.argv = ['lrsearch', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "start" in result.stdout and "best" in result.stdout

@@ -177,13 +177,9 @@ def test_a_failing_publish_never_fails_the_trial(
     objective = Synthetic(samples=320)
     study = optuna.create_study(direction="maximize")
     with caplog.at_level(logging.WARNING, logger="lrsearch.publish"):
-        study.optimize(
-            TrialRunner(definition, objective, objective.load_data(torch.device("cpu"), None)), n_trials=1
-        )
+        study.optimize(TrialRunner(definition, objective, objective.load_data(torch.device("cpu"), None)), n_trials=1)
     assert study.trials[0].state == TrialState.COMPLETE
-    assert (
-        "trial 0: could not publish its curves and notes for the dashboard: OSError: disk full" in caplog.text
-    )
+    assert "trial 0: could not publish its curves and notes for the dashboard: OSError: disk full" in caplog.text
 
 
 # --- where artifacts go, and the server's address -----------------------------------------------------------
@@ -211,9 +207,7 @@ def test_a_busy_port_is_a_message(sqlite_url: str) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(
-            LRSearchError, match=f"cannot listen on 127.0.0.1:{port}: .*Choose another --port"
-        ):
+        with pytest.raises(LRSearchError, match=f"cannot listen on 127.0.0.1:{port}: .*Choose another --port"):
             check_port("127.0.0.1", port)
         code, _, err = lrsearch("dashboard", "--storage", sqlite_url, "--port", str(port))
     assert code == 1 and "is a dashboard already running there?" in err and "Traceback" not in err
@@ -228,13 +222,9 @@ def test_binding_beyond_localhost_warns_and_serves_the_artifacts(
     from optuna.artifacts import FileSystemArtifactStore
 
     served: dict[str, Any] = {}
-    monkeypatch.setattr(
-        optuna_dashboard, "run_server", lambda storage, **kw: served.update(kw, storage=storage)
-    )
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, **kw: served.update(kw, storage=storage))
     port = free_port()
-    code, _, err = lrsearch(
-        "dashboard", "--storage", url_of(study_db), "--host", "0.0.0.0", "--port", str(port)
-    )
+    code, _, err = lrsearch("dashboard", "--storage", url_of(study_db), "--host", "0.0.0.0", "--port", str(port))
     assert code == 0, err
     assert err.startswith("warning: binding 0.0.0.0: optuna-dashboard has no authentication")
     assert f"study 'review': http://0.0.0.0:{port}/dashboard/studies/1" in err
@@ -242,9 +232,7 @@ def test_binding_beyond_localhost_warns_and_serves_the_artifacts(
     assert isinstance(served["artifact_store"], FileSystemArtifactStore)
     assert served["artifact_store"]._base_path == study_db.with_name("study.db.artifacts")
     served.clear()
-    code, _, err = lrsearch(
-        "dashboard", "--storage", url_of(study_db), "--port", str(port), "--artifact-dir", "off"
-    )
+    code, _, err = lrsearch("dashboard", "--storage", url_of(study_db), "--port", str(port), "--artifact-dir", "off")
     assert code == 0 and "warning" not in err and served["host"] == "127.0.0.1"
     assert served["artifact_store"] is None and "artifacts: none" in err
 
@@ -289,9 +277,7 @@ def dashboard_url(study_db: Path, subprocess_env: dict[str, str], tmp_path: Path
 @pytest.mark.browser
 @pytest.mark.slow
 @needs_chromium
-def test_chromium_shows_trials_curves_notes_and_artifacts(
-    dashboard_url: str, study_db: Path, tmp_path: Path
-) -> None:
+def test_chromium_shows_trials_curves_notes_and_artifacts(dashboard_url: str, study_db: Path, tmp_path: Path) -> None:
     study, _ = load(open_storage(url_of(study_db)), "review")
     best = study.best_trial.number  # the best feasible trial (Optuna 5)
     with_curves = sum(bool(t.intermediate_values) for t in study.trials)
@@ -316,20 +302,14 @@ def test_chromium_shows_trials_curves_notes_and_artifacts(
         assert all(f"Trial {n}\n" in listed for n in range(TRIALS))
 
         driver.get(f"{page}/trials?numbers={best}")
-        wait_for(
-            driver, "return document.body.innerText.includes('(chosen)')"
-        )  # the trial note's epoch table
+        wait_for(driver, "return document.body.innerText.includes('(chosen)')")  # the trial note's epoch table
         wait_for(
             driver,
             "return Array.from(document.images).some(i => i.src.includes('/artifacts/') && i.complete"
             " && i.naturalWidth > 300)",
         )
         text = driver.execute_script("return document.body.innerText")
-        assert (
-            f"Trial {best}: complete, feasible" in text
-            and f"{SCORE_ATTR} " in text
-            and "curve_val_acc" in text
-        )
+        assert f"Trial {best}: complete, feasible" in text and f"{SCORE_ATTR} " in text and "curve_val_acc" in text
         trial_page = tmp_path / "dashboard-best-trial.png"
         driver.save_screenshot(str(trial_page))
 

@@ -148,16 +148,13 @@ def test_with_overrides_applies_and_validates() -> None:
     )
     assert base.with_overrides() == base
 
-    with pytest.raises(
-        ConfigError, match=r"^command line: \[study\] trials: 0 is not accepted; it must be 1 or more"
-    ):
+    with pytest.raises(ConfigError, match=r"^command line: \[study\] trials: 0 is not accepted; it must be 1 or more"):
         base.with_overrides(trials=0)
-    with pytest.raises(
-        ConfigError, match=r"^command line: \[targets\] min_val: 1.5 is not accepted; use a value in"
-    ):
+    with pytest.raises(ConfigError, match=r"^command line: \[targets\] min_val: 1.5 is not accepted; use a value in"):
         base.with_overrides(min_val=1.5)
     with pytest.raises(
-        ConfigError, match=r"^command line: \[pruner\] name: 'asha' is not accepted; choose from: feasible, med"
+        ConfigError,
+        match=r"^command line: \[pruner\] name: 'asha' is not accepted; choose from: feasible, med",
     ):
         base.with_overrides(pruner="asha")
     with pytest.raises(ConfigError, match=r"^command line: \[study\] name: '  ' is not accepted"):
@@ -195,9 +192,7 @@ def test_differences_sees_the_space(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
-    with pytest.raises(
-        ConfigError, match=rf"^{re.escape(str(path))}: study file not found; give an existing"
-    ):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: study file not found; give an existing"):
         load_study_file(path)
 
 
@@ -418,18 +413,35 @@ def test_errors(tmp_path: Path, body: str, expected: str) -> None:
 
 
 def test_parse_table_errors_name_the_given_source() -> None:
-    with pytest.raises(
-        ConfigError, match=r"^study 'x' \(stored definition\): \[study\] trials must be a whole"
-    ):
+    with pytest.raises(ConfigError, match=r"^study 'x' \(stored definition\): \[study\] trials must be a whole"):
         StudyDefinition.from_json(json.dumps({"study": {"trials": "3"}}), "study 'x' (stored definition)")
 
 
 # ----- any table: a definition or a ConfigError, never another exception -----
 
 WORDS = [
-    "tpe", "random", "feasible", "median", "halving", "hyperband", "none", "eval", "running", "sgd", "adam", "cosine",
-    "step", "cyclic", "onecycle", "plateau", "cos", "linear", "triangular", "mnist_mlp", "",
-]  # fmt: skip
+    "tpe",
+    "random",
+    "feasible",
+    "median",
+    "halving",
+    "hyperband",
+    "none",
+    "eval",
+    "running",
+    "sgd",
+    "adam",
+    "cosine",
+    "step",
+    "cyclic",
+    "onecycle",
+    "plateau",
+    "cos",
+    "linear",
+    "triangular",
+    "mnist_mlp",
+    "",
+]
 numbers = (
     st.integers(min_value=-3, max_value=12)
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -441,9 +453,7 @@ leaves = numbers | st.booleans() | st.sampled_from(WORDS) | st.text(max_size=4)
 # Arbitrary TOML-like values: nested tables and lists of strings, numbers and booleans.
 toml_values = st.recursive(
     leaves,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4),
     max_leaves=12,
 )
 values = leaves | st.lists(leaves, min_size=1, max_size=3) | toml_values

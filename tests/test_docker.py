@@ -79,9 +79,7 @@ def test_the_workers_run_the_created_study_one_per_gpu() -> None:
     gpus = []
     for service in workers.values():
         worker = parse_command_line(service["command"][1:])
-        assert (
-            worker.params["study_name"] == create.params["study_name"] and worker.params["device"] == "cuda"
-        )
+        assert worker.params["study_name"] == create.params["study_name"] and worker.params["device"] == "cuda"
         [device] = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"] and len(device["device_ids"]) == 1
         gpus.append(device["device_ids"][0])
@@ -115,9 +113,7 @@ def test_environment_names_are_read_by_the_code() -> None:
     services = lrsearch_services(compose_config())
     code = code_text()
     dockerfile = (DOCKER / "Dockerfile").read_text(encoding="utf-8")
-    names = {n for s in services.values() for n in s["environment"]} | set(
-        re.findall(r"\bLRSEARCH_\w+", dockerfile)
-    )
+    names = {n for s in services.values() for n in s["environment"]} | set(re.findall(r"\bLRSEARCH_\w+", dockerfile))
     assert {"LRSEARCH_STORAGE", "LRSEARCH_HEARTBEAT_INTERVAL", "LRSEARCH_HEARTBEAT_GRACE"} <= names
     for name in names:
         assert f'"{name}"' in code, f"{name} is set in docker/ but lrsearch never reads it"

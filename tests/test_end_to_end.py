@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -32,11 +33,20 @@ def test_a_few_trials_on_the_real_mnist(tmp_path: Path, mnist_dir: Path, subproc
     (tmp_path / "e2e.toml").write_text(STUDY)
     env = {**subprocess_env, "LRSEARCH_DATA_DIR": str(mnist_dir)}
     url = f"sqlite:///{tmp_path / 'e2e.db'}"
-    start = subprocess.run(["lrsearch", "start", "e2e.toml", "--storage", url], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    start = subprocess.run(
+        ["lrsearch", "start", "e2e.toml", "--storage", url],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert start.returncode == 0, start.stderr
-    trials = json.loads(subprocess.run(["lrsearch", "trials", "--storage", url, "--json"], env=env,
-                                       capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    trials = json.loads(
+        subprocess.run(
+            ["lrsearch", "trials", "--storage", url, "--json"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert [t["state"] for t in trials] == ["complete"] * 3
     assert max(t["val_acc"] for t in trials) >= 0.90  # the exercise's bar, on the genuine data
     best = subprocess.run(["lrsearch", "best", "--storage", url], env=env, capture_output=True, text=True)
@@ -47,10 +57,18 @@ def test_a_few_trials_on_the_real_mnist(tmp_path: Path, mnist_dir: Path, subproc
 
 
 def test_the_default_study_ships_inside_the_wheel(tmp_path: Path) -> None:
-    subprocess.run(["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("lrsearch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"lrsearch/studies/mnist.toml", "lrsearch/studies/smoke.toml", "lrsearch/cli.py",
-            "lrsearch_objectives/mnist_mlp.py", "lrsearch/py.typed"} <= set(names)  # fmt: skip
+    assert {
+        "lrsearch/studies/mnist.toml",
+        "lrsearch/studies/smoke.toml",
+        "lrsearch/cli.py",
+        "lrsearch_objectives/mnist_mlp.py",
+        "lrsearch/py.typed",
+    } <= set(names)
     assert not any("MNIST" in n or "ubyte" in n for n in names)

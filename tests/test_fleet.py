@@ -113,8 +113,7 @@ def count(trials: list[FrozenTrial]) -> Counter[str]:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     states = Counter(t.state.name for t in trials)
     states["finished"] = sum(
-        t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and t.number not in retried)
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and t.number not in retried)
         for t in trials
     )
     return states
@@ -162,9 +161,7 @@ def test_cpu_workers_divide_the_cores() -> None:
     assert [s.threads for s in four] == [2, 2, 2, 2] and {s.device for s in four} == {"cpu"}
     assert [s.threads for s in plan_workers("3", None, 1, "cpu", 40, gpu_count=no_gpu, cores=2)] == [1, 1, 1]
     assert len(plan_workers("auto", None, 1, "auto", 40, gpu_count=no_gpu, cores=6)) == 6
-    assert (
-        len(plan_workers("8", None, 1, "cpu", 3, gpu_count=no_gpu, cores=2)) == 3
-    )  # no more than trials left
+    assert len(plan_workers("8", None, 1, "cpu", 3, gpu_count=no_gpu, cores=2)) == 3  # no more than trials left
     env = four[0].env({"PATH": "/bin"}, "sqlite:///x.db")
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["LRSEARCH_TORCH_THREADS"] == "2"
     assert env["LRSEARCH_STORAGE"] == "sqlite:///x.db" and "CUDA_VISIBLE_DEVICES" not in env
@@ -246,9 +243,7 @@ def test_a_worker_joins_a_running_study(tmp_path: Path, sqlite_url: str, process
     try:
         second = lrsearch_process(env, "worker", "--study-name", "synthetic", "--storage", sqlite_url)
         joined = f":{second.pid}"
-        _wait_quietly(
-            lambda: any(t.user_attrs.get("worker", "").endswith(joined) for t in read_trials(sqlite_url))
-        )
+        _wait_quietly(lambda: any(t.user_attrs.get("worker", "").endswith(joined) for t in read_trials(sqlite_url)))
     finally:
         first.send_signal(signal.SIGCONT)
     (code1, err1), (code2, err2) = finish(first), finish(second)
@@ -292,9 +287,7 @@ def _wait_quietly(condition: Callable[[], bool], timeout: float = 60) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_of_a_worker_reruns_its_trial(
-    tmp_path: Path, sqlite_url: str, process_env: dict[str, str]
-) -> None:
+def test_kill_9_of_a_worker_reruns_its_trial(tmp_path: Path, sqlite_url: str, process_env: dict[str, str]) -> None:
     total = 8
     study = write_study(tmp_path, SLOW.format(samples=8000), trials=total, epochs=3)
     process = lrsearch_process(process_env, "start", str(study), "--storage", sqlite_url, "--workers", "4")
@@ -316,9 +309,7 @@ def test_kill_9_of_a_worker_reruns_its_trial(
 
 
 @pytest.mark.slow
-def test_sigint_stops_cleanly_and_start_resumes(
-    tmp_path: Path, sqlite_url: str, process_env: dict[str, str]
-) -> None:
+def test_sigint_stops_cleanly_and_start_resumes(tmp_path: Path, sqlite_url: str, process_env: dict[str, str]) -> None:
     total = 8
     study = write_study(tmp_path, SLOW.format(samples=30000), trials=total, epochs=3)
     args = ("start", str(study), "--storage", sqlite_url, "--workers", "2")
@@ -380,8 +371,10 @@ def test_eight_workers_and_the_dashboard_share_sqlite(
     port = _free_port()
     dashboard = subprocess.Popen(
         [str(Path(sys.executable).with_name("optuna-dashboard")), sqlite_url, "--port", str(port), "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     reader = _DashboardReader(port)
     try:
         wait_for(lambda: _answers(reader), 30, "optuna-dashboard to answer")

@@ -38,9 +38,13 @@ def _connect(url: sqlalchemy.URL) -> object:
     import psycopg2
 
     return psycopg2.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password, dbname=url.database,
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        dbname=url.database,
         connect_timeout=3,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -66,14 +70,10 @@ def pg_url() -> Iterator[str]:
         admin.close()  # type: ignore[attr-defined]
 
 
-def test_four_workers_keep_the_budget_and_every_epoch(
-    tmp_path: Path, pg_url: str, process_env: dict[str, str]
-) -> None:
+def test_four_workers_keep_the_budget_and_every_epoch(tmp_path: Path, pg_url: str, process_env: dict[str, str]) -> None:
     total = 12
     study = write_study(tmp_path, trials=total, epochs=3)  # the median pruner prunes some
-    code, err = finish(
-        lrsearch_process(process_env, "start", str(study), "--storage", pg_url, "--workers", "4")
-    )
+    code, err = finish(lrsearch_process(process_env, "start", str(study), "--storage", pg_url, "--workers", "4"))
     assert code == 0, err
     trials = assert_exact(pg_url, total)
     assert len(trials) == total and len({t.user_attrs["worker"] for t in trials}) >= 2
@@ -83,9 +83,7 @@ def test_four_workers_keep_the_budget_and_every_epoch(
         assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def test_workers_join_a_study_created_on_its_own(
-    tmp_path: Path, pg_url: str, process_env: dict[str, str]
-) -> None:
+def test_workers_join_a_study_created_on_its_own(tmp_path: Path, pg_url: str, process_env: dict[str, str]) -> None:
     study = write_study(tmp_path, SLOW.format(samples=4000), trials=8, epochs=2)
     created = CliRunner().invoke(main, ["create", str(study), "--storage", pg_url])
     assert created.exit_code == 0 and "0/8 trials finished" in created.stderr
@@ -98,9 +96,7 @@ def test_workers_join_a_study_created_on_its_own(
     assert len(workers) == 2, workers
 
 
-def test_workers_survive_dropped_connections(
-    tmp_path: Path, pg_url: str, process_env: dict[str, str]
-) -> None:
+def test_workers_survive_dropped_connections(tmp_path: Path, pg_url: str, process_env: dict[str, str]) -> None:
     total = 8
     study = write_study(tmp_path, SLOW.format(samples=6000), trials=total, epochs=3)
     process = lrsearch_process(process_env, "start", str(study), "--storage", pg_url, "--workers", "3")

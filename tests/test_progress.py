@@ -135,8 +135,6 @@ def test_default_stream_is_stderr_at_creation(capsys: pytest.CaptureFixture[str]
     assert "[1/1] trial 0 complete" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("seconds", "text"), [(0, "0s"), (59.4, "59s"), (61, "1m01s"), (3600 * 2 + 180, "2h03m")]
-)
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59.4, "59s"), (61, "1m01s"), (3600 * 2 + 180, "2h03m")])
 def test_duration(seconds: float, text: str) -> None:
     assert duration(seconds) == text

@@ -11,25 +11,41 @@ TARGETS = Targets(min_val=0.90, max_train=0.95)
 
 
 def epochs(*accuracies: tuple[float, float]) -> list[dict[str, float]]:
-    return [{"epoch": i, "train_loss": 0.1, "train_acc": train, "val_loss": 0.1, "val_acc": val, "lr": 0.1,
-             "lr_end": 0.1, "seconds": 1.0} for i, (val, train) in enumerate(accuracies, start=1)]  # fmt: skip
+    return [
+        {
+            "epoch": i,
+            "train_loss": 0.1,
+            "train_acc": train,
+            "val_loss": 0.1,
+            "val_acc": val,
+            "lr": 0.1,
+            "lr_end": 0.1,
+            "seconds": 1.0,
+        }
+        for i, (val, train) in enumerate(accuracies, start=1)
+    ]
 
 
 def study_with(histories: list[list[dict[str, float]]], state: TrialState = TrialState.COMPLETE) -> optuna.Study:
     study = optuna.create_study(direction="maximize")
     for history in histories:
-        study.add_trial(optuna.trial.create_trial(
-            state=state, value=None if state != TrialState.COMPLETE else history[-1]["val_acc"],
-            intermediate_values={h["epoch"]: h["val_acc"] for h in history}, user_attrs={"history": history},
-        ))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=None if state != TrialState.COMPLETE else history[-1]["val_acc"],
+                intermediate_values={h["epoch"]: h["val_acc"] for h in history},
+                user_attrs={"history": history},
+            )
+        )
     return study
 
 
 def running(history: list[dict[str, float]]) -> optuna.trial.FrozenTrial:
     return optuna.trial.create_trial(
-        state=TrialState.RUNNING, intermediate_values={h["epoch"]: h["val_acc"] for h in history},
+        state=TrialState.RUNNING,
+        intermediate_values={h["epoch"]: h["val_acc"] for h in history},
         user_attrs={"history": history},
-    )  # fmt: skip
+    )
 
 
 # Fast learners: high val_acc early, then over the training ceiling (stopped after 3 epochs).

@@ -74,18 +74,14 @@ def study_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def report_dir(study_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("out") / "report"
-    code, stdout, err = lrsearch(
-        "report", "--study-name", "review", "--storage", study_url, "--out", str(out)
-    )
+    code, stdout, err = lrsearch("report", "--study-name", "review", "--storage", study_url, "--out", str(out))
     assert code == 0, err
     assert stdout.strip() == f"report written: {out / 'index.html'}"
     return out
 
 
 def test_report_writes_html_and_every_png(report_dir: Path) -> None:
-    assert sorted(p.name for p in report_dir.iterdir()) == sorted(
-        ["index.html", *(f"{f}.png" for f in FIGURES)]
-    )
+    assert sorted(p.name for p in report_dir.iterdir()) == sorted(["index.html", *(f"{f}.png" for f in FIGURES)])
     for name in FIGURES:
         assert_not_blank(report_dir / f"{name}.png")
 
@@ -160,13 +156,8 @@ def test_report_errors_are_messages(tmp_path: Path, sqlite_url: str) -> None:
 
 
 def view(number: int, state: str, family: str, val: float | None, feasible: bool, epochs: int) -> TrialView:
-    history = [
-        {"epoch": e, "seconds": 2.0, "val_acc": 0.5, "train_acc": 0.5, "lr": 0.1}
-        for e in range(1, epochs + 1)
-    ]
-    return TrialView(
-        number, state, family, val if state == "complete" else None, feasible, val, 0.9, epochs, history
-    )
+    history = [{"epoch": e, "seconds": 2.0, "val_acc": 0.5, "train_acc": 0.5, "lr": 0.1} for e in range(1, epochs + 1)]
+    return TrialView(number, state, family, val if state == "complete" else None, feasible, val, 0.9, epochs, history)
 
 
 def test_family_table_and_compute_saved() -> None:

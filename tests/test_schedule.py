@@ -91,9 +91,7 @@ def _reference_scheduler(family: str, optimizer: torch.optim.Optimizer, p: dict[
             cycle_momentum=False,
         )
     if family == "plateau":
-        return lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=p["factor"], patience=p["patience"]
-        )
+        return lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=p["factor"], patience=p["patience"])
     if family == "polynomial":
         return lr_scheduler.PolynomialLR(optimizer, total_iters=steps, power=p["power"])
     raise AssertionError(family)
@@ -111,23 +109,15 @@ def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Non
     optimizer.step()
 
 
-def reference_trajectory(
-    optimizer_name: str, family: str, warmup_epochs: int, epochs: int = EPOCHS
-) -> list[float]:
+def reference_trajectory(optimizer_name: str, family: str, warmup_epochs: int, epochs: int = EPOCHS) -> list[float]:
     """The LR of every batch, PyTorch's classes made and stepped by hand (the LinearLR warmup made last)."""
     model = _model()
-    optimizer = OPTIMIZER_CLASSES[optimizer_name](
-        model.parameters(), lr=LR, **OPTIMIZER_PARAMS[optimizer_name]
-    )
+    optimizer = OPTIMIZER_CLASSES[optimizer_name](model.parameters(), lr=LR, **OPTIMIZER_PARAMS[optimizer_name])
     unit = UNITS.get(family, StepUnit.EPOCH)
     per_epoch = STEPS if unit is StepUnit.BATCH else 1
     warmup_steps = warmup_epochs * per_epoch
-    main = _reference_scheduler(
-        family, optimizer, SCHEDULER_PARAMS[family], epochs * per_epoch - warmup_steps
-    )
-    warmup = (
-        lr_scheduler.LinearLR(optimizer, START_FACTOR, total_iters=warmup_steps) if warmup_steps else None
-    )
+    main = _reference_scheduler(family, optimizer, SCHEDULER_PARAMS[family], epochs * per_epoch - warmup_steps)
+    warmup = lr_scheduler.LinearLR(optimizer, START_FACTOR, total_iters=warmup_steps) if warmup_steps else None
     done = 0
 
     def advance(val_loss: float | None) -> None:
@@ -272,9 +262,7 @@ def test_warmup_climbs_linearly_then_the_scheduler_starts_fresh(family: str, war
     assert math.isclose(head[0], START_FACTOR * start, rel_tol=1e-12)
     distinct = sorted(set(head))
     steps = warmup_epochs * (STEPS if SCHEDULERS[family].unit is StepUnit.BATCH else 1)
-    assert (
-        head == sorted(head) and len(distinct) == steps
-    )  # climbs at every warmup step, in the family's unit
+    assert head == sorted(head) and len(distinct) == steps  # climbs at every warmup step, in the family's unit
     assert head[-1] < tail[0]
 
 

@@ -67,9 +67,7 @@ def test_every_family_is_sampled(samples: list[tuple[dict[str, Any], LRStrategy]
     assert {p["warmup.epochs"] for p, _ in samples} == {0, 1, 2}
 
 
-def test_values_lie_within_bounds(
-    full_space: SearchSpace, samples: list[tuple[dict[str, Any], LRStrategy]]
-) -> None:
+def test_values_lie_within_bounds(full_space: SearchSpace, samples: list[tuple[dict[str, Any], LRStrategy]]) -> None:
     specs = {"lr": full_space.lr, **{f"warmup.{k}": v for k, v in full_space.warmup.items()}}
     for family, params in {**full_space.optimizers, **full_space.schedulers}.items():
         specs.update({f"{family}.{key}": spec for key, spec in params.items()})
@@ -128,9 +126,7 @@ def test_warmup_epochs_capped_at_epochs_minus_one(epochs: int, most: int) -> Non
     assert max(seen) == most and min(seen) == 0
     for params, strategy in sample(space, epochs, 30, seed=1):
         assert params["warmup.epochs"] == strategy.warmup_epochs <= epochs - 1
-        assert strategy.warmup_start_factor == (
-            params["warmup.start_factor"] if strategy.warmup_epochs else 1.0
-        )
+        assert strategy.warmup_start_factor == (params["warmup.start_factor"] if strategy.warmup_epochs else 1.0)
 
 
 def test_warmup_range_that_cannot_fit_the_epochs_is_an_error() -> None:
@@ -187,9 +183,7 @@ def test_to_table_round_trips() -> None:
 
 
 def test_a_range_in_a_family_not_chosen_is_still_checked() -> None:
-    with pytest.raises(
-        ConfigError, match=r"t.toml: \[space.step\] unknown key 'gama'; accepted: step_size, gamma"
-    ):
+    with pytest.raises(ConfigError, match=r"t.toml: \[space.step\] unknown key 'gama'; accepted: step_size, gamma"):
         SearchSpace.from_table({"schedulers": ["cosine"], "step": {"gama": 0.5}}, "t.toml")
     with pytest.raises(ConfigError, match=r"\[space.sgd\] momentum"):
         SearchSpace.from_table({"optimizers": ["adam"], "sgd": {"momentum": [0.5, 2.0]}}, "t.toml")

@@ -140,9 +140,7 @@ def test_from_params_does_not_mix_families_with_a_common_prefix() -> None:
     ("family", "warmup_epochs", "expected_steps"),
     [("cosine", 0, 10), ("cosine", 3, 7), ("onecycle", 0, 10 * 7), ("onecycle", 2, 8 * 7), ("plateau", 1, 9)],
 )
-def test_horizon_excludes_warmup_in_the_family_unit(
-    family: str, warmup_epochs: int, expected_steps: int
-) -> None:
+def test_horizon_excludes_warmup_in_the_family_unit(family: str, warmup_epochs: int, expected_steps: int) -> None:
     s = LRStrategy("sgd", 0.1, family, 10, {}, SCHEDULER_PARAMS[family], warmup_epochs, 0.1)
     assert s.warmup_steps(7) == warmup_epochs * (7 if family == "onecycle" else 1)
     kwargs = s.scheduler_kwargs(7)
@@ -157,7 +155,13 @@ def test_horizon_excludes_warmup_in_the_family_unit(
 @pytest.mark.parametrize(
     ("first", "second", "epochs", "milestones"),
     # a milestone never falls on the last epoch, where its decay would come after training ends
-    [(0.3, 0.6, 10, [3, 6]), (0.5, 0.5, 10, [5]), (0.01, 0.02, 10, [1]), (0.2, 0.95, 4, [1, 3]), (0.9, 1.0, 1, [1])],
+    [
+        (0.3, 0.6, 10, [3, 6]),
+        (0.5, 0.5, 10, [5]),
+        (0.01, 0.02, 10, [1]),
+        (0.2, 0.95, 4, [1, 3]),
+        (0.9, 1.0, 1, [1]),
+    ],
 )
 def test_multistep_milestones(first: float, second: float, epochs: int, milestones: list[int]) -> None:
     s = LRStrategy("sgd", 0.1, "multistep", epochs, {}, {"first": first, "second": second, "gamma": 0.1})
@@ -173,9 +177,7 @@ def test_cyclic_arguments() -> None:
         "mode": "triangular",
         "cycle_momentum": False,
     }
-    tiny = LRStrategy(
-        "adam", 0.02, "cyclic", 5, {}, {"ratio": 4.0, "cycle_epochs": 0.5, "mode": "triangular"}
-    )
+    tiny = LRStrategy("adam", 0.02, "cyclic", 5, {}, {"ratio": 4.0, "cycle_epochs": 0.5, "mode": "triangular"})
     assert tiny.scheduler_kwargs(1)["step_size_up"] == 1
 
 

@@ -44,8 +44,17 @@ def plain_loop(strategy: LRStrategy, seed: int) -> list[dict[str, float]]:
         val_loss, val_acc = evaluate(model, OBJECTIVE, DATA.val_inputs, DATA.val_targets)
         train_acc = evaluate(model, OBJECTIVE, DATA.train_inputs, DATA.train_targets)[1]
         schedule.after_epoch(val_loss)
-        out.append({"epoch": epoch, "train_loss": sum(losses) / n, "train_acc": train_acc, "val_loss": val_loss,
-                    "val_acc": val_acc, "lr": lr_first, "lr_end": lr_last})  # fmt: skip
+        out.append(
+            {
+                "epoch": epoch,
+                "train_loss": sum(losses) / n,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": lr_first,
+                "lr_end": lr_last,
+            }
+        )
     return out
 
 
@@ -72,8 +81,14 @@ def test_learns_and_records_the_lr_used() -> None:
     assert records[-1].train_loss < records[0].train_loss
     assert [r.lr for r in records] == pytest.approx([0.05, 0.05 * (0.01 + 0.99 * 0.75), 0.05 * (0.01 + 0.99 * 0.25)])
     assert all(r.lr == r.lr_end for r in records)  # an epoch schedule holds the LR within an epoch
-    onecycle = LRStrategy("adam", 0.01, "onecycle", 2, {}, {"pct_start": 0.3, "div_factor": 10.0,
-                          "final_div_factor": 100.0, "anneal_strategy": "cos"})  # fmt: skip
+    onecycle = LRStrategy(
+        "adam",
+        0.01,
+        "onecycle",
+        2,
+        {},
+        {"pct_start": 0.3, "div_factor": 10.0, "final_div_factor": 100.0, "anneal_strategy": "cos"},
+    )
     first = next(iter(train(onecycle, OBJECTIVE, DATA, seed=0)))
     assert first.lr == pytest.approx(0.001) and first.lr_end > first.lr  # per batch: it rises within the epoch
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-from synthetic_objective import Synthetic
 
 from lrsearch.definition import parse_table
 from lrsearch.trial import TrialRunner
+from synthetic_objective import Synthetic
 
 OBJECTIVE = Synthetic(samples=640)
 DATA = OBJECTIVE.load_data(torch.device("cpu"), None)
@@ -17,8 +17,14 @@ class AlwaysPrune(optuna.pruners.BasePruner):
         return True
 
 
-def run(space: dict, *, targets: dict | None = None, epochs: int = 3, pruner: optuna.pruners.BasePruner | None = None,
-        enqueue: dict | None = None) -> optuna.trial.FrozenTrial:  # fmt: skip
+def run(
+    space: dict,
+    *,
+    targets: dict | None = None,
+    epochs: int = 3,
+    pruner: optuna.pruners.BasePruner | None = None,
+    enqueue: dict | None = None,
+) -> optuna.trial.FrozenTrial:
     definition = parse_table({"study": {"epochs": epochs}, "targets": targets or {}, "space": space}, "test")
     study = optuna.create_study(direction="maximize", pruner=pruner or optuna.pruners.NopPruner())
     if enqueue:
@@ -27,8 +33,13 @@ def run(space: dict, *, targets: dict | None = None, epochs: int = 3, pruner: op
     return study.trials[0]
 
 
-SGD = {"optimizers": ["sgd"], "schedulers": ["constant"], "lr": [0.05, 0.05], "warmup": {"epochs": 0},
-       "sgd": {"momentum": 0.9, "nesterov": False}}  # fmt: skip
+SGD = {
+    "optimizers": ["sgd"],
+    "schedulers": ["constant"],
+    "lr": [0.05, 0.05],
+    "warmup": {"epochs": 0},
+    "sgd": {"momentum": 0.9, "nesterov": False},
+}
 
 
 def test_complete_trial_scores_its_best_feasible_epoch() -> None:
@@ -73,7 +84,13 @@ def test_divergence_ends_the_trial_with_its_reason() -> None:
 
 
 def test_a_retried_trial_keeps_its_seed() -> None:
-    params = {"optimizer": "sgd", "scheduler": "constant", "lr": 0.05, "sgd.momentum": 0.9, "warmup.epochs": 0}
+    params = {
+        "optimizer": "sgd",
+        "scheduler": "constant",
+        "lr": 0.05,
+        "sgd.momentum": 0.9,
+        "warmup.epochs": 0,
+    }
     first = run(SGD, enqueue={"params": params, "user_attrs": {"seed": 12345}})
     again = run(SGD, enqueue={"params": params, "user_attrs": {"seed": 12345}})
     assert first.user_attrs["seed"] == 12345

@@ -157,9 +157,7 @@ def test_a_trial_that_never_had_a_heartbeat_is_voided(
     voided = study.trials[orphan.number]
     assert voided.state == TrialState.FAIL and VOID_ATTR in voided.user_attrs and not copies_of(study, 0)
     assert states(sqlite_url) == Counter(COMPLETE=2, FAIL=1)
-    assert budget(study, 2) == Budget(
-        finished=2, running=0, waiting=0, total=2
-    )  # the void one holds no place
+    assert budget(study, 2) == Budget(finished=2, running=0, waiting=0, total=2)  # the void one holds no place
 
 
 def test_a_trial_made_while_the_lock_was_lost_is_voided_beyond_the_budget(
@@ -265,9 +263,7 @@ def test_retry_gives_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) ->
         retry_transient(refused, "a test", 0.05)
 
     def wrong_password() -> None:
-        raise sqlalchemy.exc.OperationalError(
-            "SELECT", {}, Exception('password authentication failed for "x"')
-        )
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception('password authentication failed for "x"'))
 
     started = time.monotonic()
     with pytest.raises(sqlalchemy.exc.OperationalError):  # waiting does not fix it: raised at once
@@ -300,17 +296,13 @@ def test_a_device_torch_cannot_use_is_a_clear_error() -> None:
     assert pick_device("auto").type == "cpu"
 
 
-def test_two_processes_creating_a_new_database_at_once(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_two_processes_creating_a_new_database_at_once(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     real, calls = lrsearch.storage._retrying_storage_class(), []
 
     def slower_process(*args: Any, **kwargs: Any) -> Any:  # the other process made the tables first
         calls.append(1)
         if len(calls) == 1:
-            raise sqlalchemy.exc.IntegrityError(
-                "INSERT INTO alembic_version", {}, Exception("UNIQUE constraint")
-            )
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint"))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lrsearch.storage, "_retrying_storage_class", lambda: slower_process)

@@ -14,7 +14,12 @@ from torch import nn
 from lrsearch.errors import DataError
 from lrsearch.objective import Objective, TrainingData
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "lrsearch" / "data"
 HOLDOUT = 10_000
 
@@ -78,9 +83,11 @@ def read_mnist(data_dir: Path | None, *, train: bool) -> tuple[torch.Tensor, tor
     images, labels = dataset.data, dataset.targets
     expected = 60_000 if train else 10_000
     if images.shape != (expected, 28, 28) or labels.shape != (expected,):
-        raise DataError(f"MNIST in {root / 'MNIST' / 'raw'} has images {tuple(images.shape)} and labels "
-                        f"{tuple(labels.shape)}; expected ({expected}, 28, 28) and ({expected},): the files are "
-                        "truncated or not MNIST; replace them")  # fmt: skip
+        raise DataError(
+            f"MNIST in {root / 'MNIST' / 'raw'} has images {tuple(images.shape)} and labels "
+            f"{tuple(labels.shape)}; expected ({expected}, 28, 28) and ({expected},): the files are "
+            "truncated or not MNIST; replace them"
+        )
     return images, labels
 
 

@@ -13,10 +13,22 @@ if TYPE_CHECKING:
     from lrsearch.objective import Objective, TrainingData
     from lrsearch.strategy import LRStrategy
 
-__all__ = ["ConfigError", "DataError", "LRSearchError", "LRStrategy", "Objective", "ObjectiveError",
-           "StorageError", "TrainingData"]  # fmt: skip
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "LRSearchError",
+    "LRStrategy",
+    "Objective",
+    "ObjectiveError",
+    "StorageError",
+    "TrainingData",
+]
 
-_LAZY = {"Objective": "lrsearch.objective", "TrainingData": "lrsearch.objective", "LRStrategy": "lrsearch.strategy"}
+_LAZY = {
+    "Objective": "lrsearch.objective",
+    "TrainingData": "lrsearch.objective",
+    "LRStrategy": "lrsearch.strategy",
+}
 
 
 def __getattr__(name: str) -> Any:

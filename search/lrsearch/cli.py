@@ -38,9 +38,12 @@ def _errors_to_exit_codes(command: F) -> F:
 
 
 storage_option = click.option(
-    "--storage", envvar="LRSEARCH_STORAGE", default=DEFAULT_STORAGE, show_default=True,
+    "--storage",
+    envvar="LRSEARCH_STORAGE",
+    default=DEFAULT_STORAGE,
+    show_default=True,
     help="SQLAlchemy URL of the study database (env LRSEARCH_STORAGE).",
-)  # fmt: skip
+)
 study_name_option = click.option(
     "--study-name", help="Study to read; may be left out when the storage holds a single study."
 )
@@ -77,9 +80,11 @@ def _definition_options(command: F) -> F:
 
 
 data_dir_option = click.option(
-    "--data-dir", envvar="LRSEARCH_DATA_DIR", type=click.Path(file_okay=False, path_type=Path),
+    "--data-dir",
+    envvar="LRSEARCH_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Folder with the objective's data, e.g. the folder holding MNIST/raw (env LRSEARCH_DATA_DIR).",
-)  # fmt: skip
+)
 device_option = click.option(
     "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1..."
 )
@@ -89,8 +94,11 @@ device_option = click.option(
 @_definition_options
 @data_dir_option
 @device_option
-@click.option("--workers", help="Worker processes on this host: a number, or auto (one per CPU core, or one "
-              "per GPU). Default: one worker, in this process.")  # fmt: skip
+@click.option(
+    "--workers",
+    help="Worker processes on this host: a number, or auto (one per CPU core, or one "
+    "per GPU). Default: one worker, in this process.",
+)
 @click.option("--gpus", help="GPU ids, e.g. 0,1,2,3: --per-gpu workers per GPU, each pinned to it.")
 @click.option("--per-gpu", type=int, default=1, show_default=True, help="Workers per GPU listed in --gpus.")
 @_errors_to_exit_codes
@@ -145,8 +153,7 @@ def _run_start(storage: str, study_name: str, total: int, device: str, data_dir:
 
 
 def _echo_next_step(study_name: str, storage: str) -> None:
-    click.echo(f"see the result: lrsearch best --study-name {study_name} --storage {mask_url(storage)}",
-               err=True)  # fmt: skip
+    click.echo(f"see the result: lrsearch best --study-name {study_name} --storage {mask_url(storage)}", err=True)
 
 
 def _run_fleet(
@@ -159,10 +166,17 @@ def _run_fleet(
     workers, gpus, per_gpu = layout
     specs = plan_workers(workers, gpus, per_gpu, device, total - budget(study, total).finished)
     progress = Progress(total, started=time.monotonic())
-    click.echo(f"lrsearch: study '{study.study_name}' in {mask_url(storage)}, {total} trials, "
-               f"{len(specs)} workers", err=True)  # fmt: skip
-    run_fleet(storage, study.study_name, specs, data_dir=data_dir, on_trial=progress.trial_done,
-              echo=lambda line: click.echo(line, err=True))  # fmt: skip
+    click.echo(
+        f"lrsearch: study '{study.study_name}' in {mask_url(storage)}, {total} trials, {len(specs)} workers", err=True
+    )
+    run_fleet(
+        storage,
+        study.study_name,
+        specs,
+        data_dir=data_dir,
+        on_trial=progress.trial_done,
+        echo=lambda line: click.echo(line, err=True),
+    )
     click.echo(progress.closing_line(), err=True)
     _echo_next_step(study.study_name, storage)
 
@@ -181,8 +195,11 @@ def create(study_file: Path | None, storage: str, **overrides: Any) -> None:
 
     study, definition = _create_or_resume(open_storage(storage), study_file, overrides)
     state, name = budget(study, definition.trials), study.study_name
-    click.echo(f"study '{name}' in {mask_url(storage)}: {state.finished}/{state.total} trials finished; run "
-               f"workers with: lrsearch worker --study-name {name}", err=True)  # fmt: skip
+    click.echo(
+        f"study '{name}' in {mask_url(storage)}: {state.finished}/{state.total} trials finished; run "
+        f"workers with: lrsearch worker --study-name {name}",
+        err=True,
+    )
 
 
 @main.command()
@@ -190,8 +207,12 @@ def create(study_file: Path | None, storage: str, **overrides: Any) -> None:
 @study_name_option
 @device_option
 @data_dir_option
-@click.option("--threads", type=click.IntRange(min=1), envvar="LRSEARCH_TORCH_THREADS",
-              help="torch CPU threads of this worker (env LRSEARCH_TORCH_THREADS)")  # fmt: skip
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    envvar="LRSEARCH_TORCH_THREADS",
+    help="torch CPU threads of this worker (env LRSEARCH_TORCH_THREADS)",
+)
 @click.option("--quiet", is_flag=True, help="No line per trial (the workers of `start` run quiet).")
 @_errors_to_exit_codes
 def worker(
@@ -212,8 +233,14 @@ def worker(
     if progress is not None:
         click.echo(f"lrsearch worker {worker_id()}: study '{name}' in {mask_url(storage)}", err=True)
     try:
-        ran = run_worker(storage, name, device=device, data_dir=data_dir, threads=threads,
-                         on_trial=None if progress is None else _progress_with_total(progress))  # fmt: skip
+        ran = run_worker(
+            storage,
+            name,
+            device=device,
+            data_dir=data_dir,
+            threads=threads,
+            on_trial=None if progress is None else _progress_with_total(progress),
+        )
     except KeyboardInterrupt:
         if not quiet:
             click.echo("worker interrupted: its running trial is queued to run again", err=True)
@@ -222,8 +249,7 @@ def worker(
         study = load(open_storage(storage), name)[0]
         state = budget(study, stored_total(study))
         trials_ran = f"{ran} trial{'s' * (ran != 1)}"
-        click.echo(f"worker done: ran {trials_ran}; the study has {state.finished}/{state.total} finished",
-                   err=True)  # fmt: skip
+        click.echo(f"worker done: ran {trials_ran}; the study has {state.finished}/{state.total} finished", err=True)
 
 
 def _progress_with_total(progress: Any) -> Callable[[Any, Any], None]:
@@ -282,12 +308,19 @@ def trials(storage: str, study_name: str | None, as_json: bool) -> None:
 
 @main.command()
 @storage_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind. The dashboard has no login and can delete studies.")  # fmt: skip
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind. The dashboard has no login and can delete studies.",
+)
 @click.option("--port", default=8080, show_default=True, type=int, help="TCP port.")
-@click.option("--artifact-dir", envvar="LRSEARCH_ARTIFACT_DIR",
-              help="Folder of the per-trial curve files (env LRSEARCH_ARTIFACT_DIR; `off`: none). Default: "
-                   "<database file>.artifacts beside a SQLite database, none otherwise.")  # fmt: skip
+@click.option(
+    "--artifact-dir",
+    envvar="LRSEARCH_ARTIFACT_DIR",
+    help="Folder of the per-trial curve files (env LRSEARCH_ARTIFACT_DIR; `off`: none). Default: "
+    "<database file>.artifacts beside a SQLite database, none otherwise.",
+)
 @_errors_to_exit_codes
 def dashboard(storage: str, host: str, port: int, artifact_dir: str | None) -> None:
     """Serve optuna-dashboard on the study database: curves, notes, the best feasible trial per study."""
@@ -299,8 +332,11 @@ def dashboard(storage: str, host: str, port: int, artifact_dir: str | None) -> N
 @main.command()
 @storage_option
 @study_name_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for index.html and the PNGs (default: lrsearch-report-<study name>).")  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for index.html and the PNGs (default: lrsearch-report-<study name>).",
+)
 @_errors_to_exit_codes
 def report(storage: str, study_name: str | None, out: Path | None) -> None:
     """Write a self-contained HTML report (opens offline) and its plots as PNG files."""

@@ -32,8 +32,14 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def serve(storage_url: str, *, host: str = "127.0.0.1", port: int = 8080, artifact_folder: str | None = None,
-          echo: Echo = _stderr) -> None:  # fmt: skip
+def serve(
+    storage_url: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    artifact_folder: str | None = None,
+    echo: Echo = _stderr,
+) -> None:
     """Serve optuna-dashboard until Ctrl-C."""
     from optuna_dashboard import run_server
 
@@ -65,9 +71,7 @@ def check_port(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise LRSearchError(
-            f"--host {host}: not an address of this machine ({e.strerror}); use 127.0.0.1"
-        ) from None
+        raise LRSearchError(f"--host {host}: not an address of this machine ({e.strerror}); use 127.0.0.1") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does

@@ -97,9 +97,13 @@ class StudyDefinition:
         given = {k: v for k, v in overrides.items() if v is not None}
         table = self.to_table()
         sections = {
-            "trials": "study", "epochs": "study", "seed": "study", "name": "study",
-            "min_val": "targets", "max_train": "targets",
-        }  # fmt: skip
+            "trials": "study",
+            "epochs": "study",
+            "seed": "study",
+            "name": "study",
+            "min_val": "targets",
+            "max_train": "targets",
+        }
         for key, value in given.items():
             if key in ("sampler", "pruner"):
                 # A new sampler or pruner comes with its own default options.
@@ -167,17 +171,18 @@ class _Section:
 _NOUNS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
 
 
-def _component(table: Mapping[str, Any], section: str, registry: Mapping[str, Mapping[str, type]],
-               default: Component, where: str) -> Component:  # fmt: skip
+def _component(
+    table: Mapping[str, Any], section: str, registry: Mapping[str, Mapping[str, type]], default: Component, where: str
+) -> Component:
     reader = _Section(table, section, where)
-    name = reader.take("name", str, default.name, check=registry.__contains__,
-                       accepted=f"choose from: {', '.join(registry)}")  # fmt: skip
+    name = reader.take(
+        "name", str, default.name, check=registry.__contains__, accepted=f"choose from: {', '.join(registry)}"
+    )
     defaults = OPTION_DEFAULTS.get(name, {})
     options: dict[str, Any] = {}
     for key, kind in registry[name].items():
         if key in reader.values or key in defaults:
-            options[key] = reader.take(key, kind, defaults.get(key), check=lambda v: v >= 0,
-                                       accepted="it must be >= 0")  # fmt: skip
+            options[key] = reader.take(key, kind, defaults.get(key), check=lambda v: v >= 0, accepted="it must be >= 0")
     reader.finish(["name", *registry[name]])
     return Component(name, options)
 
@@ -199,8 +204,9 @@ def parse_table(table: Mapping[str, Any], where: str) -> StudyDefinition:
     study.finish(["name", "trials", "epochs", "seed"])
 
     objective = _Section(table, "objective", where)
-    objective_name = objective.take("name", str, "mnist_mlp", check=lambda v: v.strip() != "",
-                                    accepted="give a registered name or module:attr")  # fmt: skip
+    objective_name = objective.take(
+        "name", str, "mnist_mlp", check=lambda v: v.strip() != "", accepted="give a registered name or module:attr"
+    )
     objective_options = objective.rest()
     for key, value in objective_options.items():
         if not _is_json(value):
@@ -214,10 +220,20 @@ def parse_table(table: Mapping[str, Any], where: str) -> StudyDefinition:
     parsed_targets = Targets(
         min_val=targets.take("min_val", float, Targets.min_val, **fraction),
         max_train=targets.take("max_train", float, Targets.max_train, **fraction),
-        train_accuracy=targets.take("train_accuracy", str, Targets.train_accuracy, check=TRAIN_ACCURACY.__contains__,
-                                    accepted=f"choose from: {', '.join(TRAIN_ACCURACY)}"),  # fmt: skip
-        overfit_patience=targets.take("overfit_patience", int, Targets.overfit_patience,
-                                      check=lambda v: v >= 0, accepted="it must be 0 (never stop) or more"),  # fmt: skip
+        train_accuracy=targets.take(
+            "train_accuracy",
+            str,
+            Targets.train_accuracy,
+            check=TRAIN_ACCURACY.__contains__,
+            accepted=f"choose from: {', '.join(TRAIN_ACCURACY)}",
+        ),
+        overfit_patience=targets.take(
+            "overfit_patience",
+            int,
+            Targets.overfit_patience,
+            check=lambda v: v >= 0,
+            accepted="it must be 0 (never stop) or more",
+        ),
     )
     targets.finish(["min_val", "max_train", "train_accuracy", "overfit_patience"])
 

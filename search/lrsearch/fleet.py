@@ -78,9 +78,7 @@ def parse_gpus(text: str) -> list[int]:
     except ValueError:
         raise ConfigError(f"--gpus {text!r}: give GPU ids separated by commas, e.g. --gpus 0,1,2,3") from None
     if not ids or any(i < 0 for i in ids) or len(set(ids)) != len(ids):
-        raise ConfigError(
-            f"--gpus {text!r}: give distinct GPU ids (0, 1, ...) separated by commas, e.g. --gpus 0,1"
-        )
+        raise ConfigError(f"--gpus {text!r}: give distinct GPU ids (0, 1, ...) separated by commas, e.g. --gpus 0,1")
     return ids
 
 
@@ -123,9 +121,7 @@ def plan_workers(
         check_gpus(ids, gpu_count())
         return _gpu_specs(ids, per_gpu, workers, device, cores)
     if per_gpu != 1:
-        raise ConfigError(
-            "--per-gpu needs --gpus (the GPU ids to put the workers on), e.g. --gpus 0,1 --per-gpu 2"
-        )
+        raise ConfigError("--per-gpu needs --gpus (the GPU ids to put the workers on), e.g. --gpus 0,1 --per-gpu 2")
     count = _worker_count(workers)
     if count is None:  # auto
         if device in ("auto", "cuda") and gpu_count() > 0:
@@ -151,9 +147,7 @@ def _worker_count(workers: str | None) -> int | None:
     return count
 
 
-def _gpu_specs(
-    ids: list[int], per_gpu: int, workers: str | None, device: str, cores: int
-) -> list[WorkerSpec]:
+def _gpu_specs(ids: list[int], per_gpu: int, workers: str | None, device: str, cores: int) -> list[WorkerSpec]:
     count = len(ids) * per_gpu
     if workers is not None and workers.strip().lower() != "auto" and _worker_count(workers) != count:
         raise ConfigError(
@@ -161,8 +155,9 @@ def _gpu_specs(
             "workers); leave out --workers"
         )
     if device not in ("auto", "cuda"):
-        raise ConfigError(f"--device {device} with --gpus: each GPU worker uses the one GPU it sees (cuda); "
-                          "leave out --device")  # fmt: skip
+        raise ConfigError(
+            f"--device {device} with --gpus: each GPU worker uses the one GPU it sees (cuda); leave out --device"
+        )
     visible = _visible()
     names = [visible[i] if visible is not None and i < len(visible) else str(i) for i in ids]
     threads = threads_per_worker(count, cores)
@@ -183,9 +178,7 @@ def prepare_data(storage_url: str, study_name: str, data_dir: Path | None) -> No
     from lrsearch.study import load
 
     definition = load(open_storage(storage_url), study_name)[1]
-    load_objective(definition.objective, definition.objective_options).load_data(
-        torch.device("cpu"), data_dir
-    )
+    load_objective(definition.objective, definition.objective_options).load_data(torch.device("cpu"), data_dir)
 
 
 @dataclass
@@ -282,9 +275,7 @@ def run_fleet(
     if received:
         raise KeyboardInterrupt(received[0])
     if not state.done:
-        failures = (
-            ", ".join(f"worker {i}: {_exit(code)}" for i, code in enumerate(codes) if code != 0) or "none"
-        )
+        failures = ", ".join(f"worker {i}: {_exit(code)}" for i, code in enumerate(codes) if code != 0) or "none"
         raise FleetError(
             f"the workers ended with {state.finished}/{state.total} trials finished and {state.running} "
             f"running (worker exits: {failures}); see their messages above, then run `lrsearch start` again "
@@ -293,9 +284,7 @@ def run_fleet(
     return state
 
 
-def _spawn(
-    storage_url: str, study_name: str, spec: WorkerSpec, data_dir: Path | None
-) -> subprocess.Popen[bytes]:
+def _spawn(storage_url: str, study_name: str, spec: WorkerSpec, data_dir: Path | None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         worker_command(study_name, spec, data_dir),
         env=spec.env(dict(os.environ), storage_url),

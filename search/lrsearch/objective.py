@@ -67,8 +67,9 @@ def load_objective(name: str, options: Mapping[str, Any]) -> Objective:
             signature.bind(**options)
         except TypeError as e:
             accepted = ", ".join(p for p in signature.parameters if p != "self") or "none"
-            raise ObjectiveError(f"objective '{name}' does not accept these [objective] options ({e}); "
-                                 f"accepted: {accepted}") from None  # fmt: skip
+            raise ObjectiveError(
+                f"objective '{name}' does not accept these [objective] options ({e}); accepted: {accepted}"
+            ) from None
     try:
         objective = factory(**options)
     except Exception as e:  # the user's constructor: anything it raises is reported, not a traceback
@@ -79,8 +80,9 @@ def load_objective(name: str, options: Mapping[str, Any]) -> Objective:
         problems = [f"no method {m}()" for m in missing]
         if not isinstance(batch_size, int) or batch_size < 1:
             problems.append(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        raise ObjectiveError(f"objective '{name}' lacks the objective interface: {'; '.join(problems)} "
-                             "(subclass lrsearch.Objective)")  # fmt: skip
+        raise ObjectiveError(
+            f"objective '{name}' lacks the objective interface: {'; '.join(problems)} (subclass lrsearch.Objective)"
+        )
     return objective  # type: ignore[no-any-return]
 
 
@@ -92,8 +94,9 @@ def _find_factory(name: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:
-        raise ObjectiveError(f"objective '{name}': cannot import module '{module_name}': "
-                             f"{type(e).__name__}: {e}") from e  # fmt: skip
+        raise ObjectiveError(
+            f"objective '{name}': cannot import module '{module_name}': {type(e).__name__}: {e}"
+        ) from e
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ObjectiveError(f"objective '{name}': module '{module_name}' has no callable '{attr}'")
@@ -104,6 +107,7 @@ def _registered(name: str) -> str:
     registered = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     registered = {**BUILT_IN, **registered}
     if name not in registered:
-        raise ObjectiveError(f"unknown objective '{name}'; registered: {', '.join(sorted(registered))}, "
-                             "or give module:attr")  # fmt: skip
+        raise ObjectiveError(
+            f"unknown objective '{name}'; registered: {', '.join(sorted(registered))}, or give module:attr"
+        )
     return registered[name]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import ConfigError
 
@@ -57,8 +57,7 @@ class IntRange:
         low, high = _bounds(value, where, (int,), "whole numbers")
         if not (self.minimum <= low <= high <= self.maximum):
             raise ConfigError(
-                f"{where}: expected whole numbers {self.minimum} <= low <= high <= {self.maximum}, "
-                f"got [{low}, {high}]"
+                f"{where}: expected whole numbers {self.minimum} <= low <= high <= {self.maximum}, got [{low}, {high}]"
             )
         return IntRange(int(low), int(high), self.minimum, self.maximum)
 
@@ -90,7 +89,7 @@ class Choice:
         return list(self.options)
 
 
-ParamSpec = Union[FloatRange, IntRange, Choice]
+ParamSpec = FloatRange | IntRange | Choice
 
 
 def _bounds(value: object, where: str, kinds: tuple[type, ...], noun: str) -> tuple[Any, Any]:

@@ -106,9 +106,7 @@ def _log_if_positive(axes: Axes, values: Iterable[float]) -> None:
 
 
 def _message(axes: Axes, text: str) -> None:
-    axes.text(
-        0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, fontsize=12, color="#555555"
-    )
+    axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, fontsize=12, color="#555555")
     axes.set_xticks([])
     axes.set_yticks([])
 
@@ -134,9 +132,7 @@ def trial_curves(
     epochs = [int(row["epoch"]) for row in history]
     if not epochs:
         _message(accuracy, "no epoch finished")
-    accuracy.plot(
-        epochs, _column(history, "train_acc"), "o-", color="#ff7f0e", markersize=3, label="train acc"
-    )
+    accuracy.plot(epochs, _column(history, "train_acc"), "o-", color="#ff7f0e", markersize=3, label="train acc")
     accuracy.plot(epochs, _column(history, "val_acc"), "o-", color="#1f77b4", markersize=3, label="val acc")
     _target_lines(accuracy, min_val, max_train)
     loss.plot(epochs, _column(history, "train_loss"), "o-", color="#ff7f0e", markersize=3, label="train loss")
@@ -319,11 +315,7 @@ def feasibility_map(trials: Sequence[TrialView], *, min_val: float, max_train: f
             alpha=0.35,
             linewidths=0,
         )
-        if (
-            trial.train_acc is not None
-            and trial.val_acc is not None
-            and trial.state in ("complete", "pruned")
-        ):
+        if trial.train_acc is not None and trial.val_acc is not None and trial.state in ("complete", "pruned"):
             marker = "o" if trial.state == "complete" else "^"
             edge = "black" if trial.counts_as_best else "none"
             axes.scatter(
@@ -350,9 +342,7 @@ def feasibility_map(trials: Sequence[TrialView], *, min_val: float, max_train: f
         )
     outside = sum(x < low or y < low for x, y in pairs)
     handles, _ = axes.get_legend_handles_labels()
-    handles += [
-        Line2D([], [], color=c, marker="o", linestyle="none", label=f) for f, c in sorted(families.items())
-    ]
+    handles += [Line2D([], [], color=c, marker="o", linestyle="none", label=f) for f, c in sorted(families.items())]
     axes.legend(handles=handles, fontsize=7, loc="lower right")
     axes.set_xlabel("train accuracy")
     axes.set_ylabel("val accuracy")

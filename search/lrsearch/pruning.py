@@ -15,8 +15,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrsearch.definition import Targets
-from lrsearch.scoring import EpochSelector
 from lrsearch.records import EpochRecord
+from lrsearch.scoring import EpochSelector
 
 
 class FeasibleMedianPruner(optuna.pruners.BasePruner):

@@ -193,11 +193,7 @@ def trial_note(
     if not complete:
         verdict = "pruned (Optuna never picks a pruned trial as best)"
     else:
-        verdict = (
-            "complete, **feasible**"
-            if feasible
-            else "complete, **not feasible** (it cannot be the best trial)"
-        )
+        verdict = "complete, **feasible**" if feasible else "complete, **not feasible** (it cannot be the best trial)"
     lines = [f"### Trial {number}: {verdict}", "", f"`{attrs.get('strategy', '?')}`", ""]
     if attrs.get("val_acc") is not None:
         kind = "best feasible epoch" if feasible else "no feasible epoch; least infeasible"
@@ -244,9 +240,7 @@ def _best_candidate(
     return max(candidates, key=lambda c: (float(c[1]["val_acc"]), -c[0]), default=None)
 
 
-def study_note(
-    study_name: str, definition: StudyDefinition, best: tuple[int, Mapping[str, Any]] | None
-) -> str:
+def study_note(study_name: str, definition: StudyDefinition, best: tuple[int, Mapping[str, Any]] | None) -> str:
     """Markdown for the study's note in the dashboard: how to read the values; the best feasible trial."""
     low, high = definition.targets.min_val, definition.targets.max_train
     if best is None:
@@ -280,12 +274,8 @@ def study_note(
         "`trial-N-curves.png` (complete trials) and `trial-N-history.csv` appear when the workers' artifact "
         "folder is shared with the dashboard."
     )
-    footer = (
-        "_Written by lrsearch as trials finish and when `lrsearch dashboard` starts; edits are replaced._"
-    )
-    return (
-        "\n\n".join([f"## lrsearch study `{study_name}`", headline, meaning, badge, per_trial, footer]) + "\n"
-    )
+    footer = "_Written by lrsearch as trials finish and when `lrsearch dashboard` starts; edits are replaced._"
+    return "\n\n".join([f"## lrsearch study `{study_name}`", headline, meaning, badge, per_trial, footer]) + "\n"
 
 
 def write_study_note(study: optuna.Study, text: str) -> None:

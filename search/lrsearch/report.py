@@ -39,9 +39,7 @@ class Section:
     body: str  # HTML
 
 
-def write_report(
-    study: optuna.Study, definition: StudyDefinition, out: Path, *, storage_label: str = ""
-) -> Path:
+def write_report(study: optuna.Study, definition: StudyDefinition, out: Path, *, storage_label: str = "") -> Path:
     """Write `out/index.html` and `out/<figure>.png`; returns the HTML file."""
     trials = trial_views(study)
     figures = make_figures(study, definition, trials)
@@ -52,9 +50,7 @@ def write_report(
         index = out / "index.html"
         index.write_text(render_html(study, definition, trials, figures, storage_label), encoding="utf-8")
     except OSError as e:
-        raise LRSearchError(
-            f"cannot write the report to {out}: {e.strerror or e}; choose another --out"
-        ) from None
+        raise LRSearchError(f"cannot write the report to {out}: {e.strerror or e}; choose another --out") from None
     return index
 
 
@@ -110,9 +106,7 @@ def family_rows(trials: Sequence[TrialView]) -> list[dict[str, Any]]:
                 "median_val": statistics.median(complete) if complete else None,
             }
         )
-    return sorted(
-        rows, key=lambda r: (r["best_val"] is not None, r["best_val"] or 0.0, r["trials"]), reverse=True
-    )
+    return sorted(rows, key=lambda r: (r["best_val"] is not None, r["best_val"] or 0.0, r["trials"]), reverse=True)
 
 
 def compute_summary(study: optuna.Study, trials: Sequence[TrialView], epochs: int) -> dict[str, Any]:
@@ -154,9 +148,7 @@ def param_importances(study: optuna.Study, trials: Sequence[TrialView]) -> tuple
     # Negated: given a target, Optuna's default evaluator (PED-ANOVA) finds what makes it *low*.
     scores = {t.number: -(t.val_acc or 0.0) if t.counts_as_best else 0.0 for t in complete}
     use_score = any(t.counts_as_best for t in complete)
-    target: Callable[[optuna.trial.FrozenTrial], float] | None = (
-        (lambda t: scores[t.number]) if use_score else None
-    )
+    target: Callable[[optuna.trial.FrozenTrial], float] | None = (lambda t: scores[t.number]) if use_score else None
     what = (
         "the feasible score (val accuracy of feasible trials, 0 for infeasible ones)"
         if use_score
@@ -165,24 +157,16 @@ def param_importances(study: optuna.Study, trials: Sequence[TrialView]) -> tuple
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.filterwarnings(
-                "ignore", "PedAnovaImportanceEvaluator computes the importances", UserWarning
-            )
-            warnings.filterwarnings(
-                "ignore", "Some regimes for parameter", UserWarning
-            )  # said in the caption
+            warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes the importances", UserWarning)
+            warnings.filterwarnings("ignore", "Some regimes for parameter", UserWarning)  # said in the caption
             values = optuna.importance.get_param_importances(study, target=target)
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         return {}, f"parameter importance could not be computed: {e}"
     note = f"importance for {what}, over {len(complete)} complete trials; a family's own parameters count "
-    return {
-        k: float(v) for k, v in values.items()
-    }, note + "only that family's trials, so they are less certain"
+    return {k: float(v) for k, v in values.items()}, note + "only that family's trials, so they are less certain"
 
 
-def make_figures(
-    study: optuna.Study, definition: StudyDefinition, trials: Sequence[TrialView]
-) -> dict[str, Figure]:
+def make_figures(study: optuna.Study, definition: StudyDefinition, trials: Sequence[TrialView]) -> dict[str, Figure]:
     from lrsearch import plots
 
     targets = definition.targets
@@ -197,8 +181,7 @@ def make_figures(
         Figure(
             "history",
             plots.optimization_history(trials, min_val=targets.min_val),
-            "Each finished trial's val accuracy at its chosen epoch; the line is the best feasible value so "
-            "far.",
+            "Each finished trial's val accuracy at its chosen epoch; the line is the best feasible value so far.",
         ),
         Figure(
             "val_curves",
@@ -270,9 +253,7 @@ def render_html(
         Section("trials", "All trials", _trials_html(study)),
     ]
     nav = " ".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
-    body = "\n".join(
-        f'<section id="{s.id}">\n<h2>{html.escape(s.title)}</h2>\n{s.body}\n</section>' for s in sections
-    )
+    body = "\n".join(f'<section id="{s.id}">\n<h2>{html.escape(s.title)}</h2>\n{s.body}\n</section>' for s in sections)
     title = f"lrsearch report: {study.study_name}"
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -321,8 +302,7 @@ def _summary_html(
     study: optuna.Study, definition: StudyDefinition, trials: Sequence[TrialView], storage_label: str
 ) -> str:
     count = {
-        state: sum(t.state == state for t in trials)
-        for state in ("complete", "pruned", "fail", "running", "waiting")
+        state: sum(t.state == state for t in trials) for state in ("complete", "pruned", "fail", "running", "waiting")
     }
     feasible = sum(t.counts_as_best for t in trials)
     targets = definition.targets
@@ -345,8 +325,7 @@ def _summary_html(
         ),
         (
             "Value of a trial",
-            "val accuracy at its best feasible epoch (or its least infeasible epoch, which makes it "
-            "infeasible)",
+            "val accuracy at its best feasible epoch (or its least infeasible epoch, which makes it infeasible)",
         ),
         ("Sampler / pruner", f"{definition.sampler.name} / {definition.pruner.name}"),
         ("Report written", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
@@ -384,9 +363,7 @@ def _best_html(study: optuna.Study, definition: StudyDefinition) -> str:
             f"{summary['scheduled_epochs']} epochs the schedule is "
             "planned for "
             f"(seed {summary['seed']}).</p>",
-            _table(
-                headers, rows, text=(), classes=["chosen" if r["epoch"] == chosen else "" for r in history]
-            ),
+            _table(headers, rows, text=(), classes=["chosen" if r["epoch"] == chosen else "" for r in history]),
             "<p>PyTorch code for your own training loop (uses <code>model</code>, <code>train_loader</code>, "
             "<code>loss_fn</code>):</p>",
             f"<pre><code>{html.escape(summary['code'])}</code></pre>",
@@ -431,11 +408,7 @@ def _duration(seconds: float) -> str:
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    return (
-        f"{hours}h {minutes:02d}m {secs:02d}s"
-        if hours
-        else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
-    )
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
 
 
 def _compute_html(c: Mapping[str, Any]) -> str:

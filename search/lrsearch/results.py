@@ -72,42 +72,50 @@ def format_table(history: list[dict[str, Any]], *, chosen: int | None = None) ->
     rows = [header]
     for r in history:
         mark = "  <- best feasible" if r["epoch"] == chosen else ""
-        rows.append(f"  {r['epoch']:>5}  {r['train_loss']:>10.4f}  {r['val_loss']:>9.4f}  {r['train_acc']:>9.4f}  "
-                    f"{r['val_acc']:>8.4f}  {r['lr']:>10.3g}{mark}")  # fmt: skip
+        rows.append(
+            f"  {r['epoch']:>5}  {r['train_loss']:>10.4f}  {r['val_loss']:>9.4f}  {r['train_acc']:>9.4f}  "
+            f"{r['val_acc']:>8.4f}  {r['lr']:>10.3g}{mark}"
+        )
     return "\n".join(rows)
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({
-            "number": t.number,
-            # A trial made past the budget after a lost lock is voided: failed, and not counted.
-            "state": "void" if t.user_attrs.get("lrsearch.void") else t.state.name.lower(),
-            "optimizer": t.params.get("optimizer"),
-            "scheduler": t.params.get("scheduler"),
-            "lr": t.params.get("lr"),
-            "feasible": t.user_attrs.get("feasible"),
-            "val_acc": t.user_attrs.get("val_acc"),
-            "train_acc": t.user_attrs.get("train_acc"),
-            "epoch": t.user_attrs.get("epoch"),
-            "stop_reason": t.user_attrs.get("stop_reason"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "number": t.number,
+                # A trial made past the budget after a lost lock is voided: failed, and not counted.
+                "state": "void" if t.user_attrs.get("lrsearch.void") else t.state.name.lower(),
+                "optimizer": t.params.get("optimizer"),
+                "scheduler": t.params.get("scheduler"),
+                "lr": t.params.get("lr"),
+                "feasible": t.user_attrs.get("feasible"),
+                "val_acc": t.user_attrs.get("val_acc"),
+                "train_acc": t.user_attrs.get("train_acc"),
+                "epoch": t.user_attrs.get("epoch"),
+                "stop_reason": t.user_attrs.get("stop_reason"),
+            }
+        )
     return rows
 
 
 def format_trials(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'#':>4}  {'state':<8}  {'optimizer':<9}  {'scheduler':<15}  {'lr':>9}  {'feasible':<8}  "
-             f"{'val acc':>7}  {'train acc':>9}  {'epoch':>5}"]  # fmt: skip
+    lines = [
+        f"{'#':>4}  {'state':<8}  {'optimizer':<9}  {'scheduler':<15}  {'lr':>9}  {'feasible':<8}  "
+        f"{'val acc':>7}  {'train acc':>9}  {'epoch':>5}"
+    ]
 
     def num(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
     for r in rows:
         feasible = "-" if r["feasible"] is None else ("yes" if r["feasible"] else "no")
-        lines.append(f"{r['number']:>4}  {r['state']:<8}  {r['optimizer'] or '-':<9}  {r['scheduler'] or '-':<15}  "
-                     f"{num(r['lr'], '9.3g')}  {feasible:<8}  {num(r['val_acc'], '7.4f')}  "
-                     f"{num(r['train_acc'], '9.4f')}  {num(r['epoch'], '5d')}")  # fmt: skip
+        lines.append(
+            f"{r['number']:>4}  {r['state']:<8}  {r['optimizer'] or '-':<9}  {r['scheduler'] or '-':<15}  "
+            f"{num(r['lr'], '9.3g')}  {feasible:<8}  {num(r['val_acc'], '7.4f')}  "
+            f"{num(r['train_acc'], '9.4f')}  {num(r['epoch'], '5d')}"
+        )
     return "\n".join(lines)
 
 
@@ -121,11 +129,13 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
         except LRSearchError:
             continue  # not an lrsearch study
         best = best_trial(study)
-        rows.append({
-            "name": name,
-            "trials": definition.trials,
-            "finished": budget(study, definition.trials).finished,
-            "best_val_acc": None if best is None else best.user_attrs.get("val_acc"),
-            "best_trial": None if best is None else best.number,
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "trials": definition.trials,
+                "finished": budget(study, definition.trials).finished,
+                "best_val_acc": None if best is None else best.user_attrs.get("val_acc"),
+                "best_trial": None if best is None else best.number,
+            }
+        )
     return rows

@@ -27,7 +27,10 @@ class EpochSelector:
 
     def violations(self, record: EpochRecord) -> tuple[float, float]:
         """How far val_acc is below min_val and train_acc above max_train (0 when met)."""
-        return (max(0.0, self.targets.min_val - record.val_acc), max(0.0, record.train_acc - self.targets.max_train))
+        return (
+            max(0.0, self.targets.min_val - record.val_acc),
+            max(0.0, record.train_acc - self.targets.max_train),
+        )
 
     def constraints(self, record: EpochRecord) -> dict[str, float]:
         """Optuna constraint values: <= 0 means satisfied; all are satisfied exactly when `feasible` says so."""

@@ -30,9 +30,7 @@ class SearchSpace:
         optimizer = trial.suggest_categorical("optimizer", list(self.optimizers))
         scheduler = trial.suggest_categorical("scheduler", list(self.schedulers))
         lr = self.lr.suggest(trial, "lr")
-        optimizer_params = _suggest_all(
-            trial, optimizer, self.optimizers[optimizer], OPTIMIZERS[optimizer].conditions
-        )
+        optimizer_params = _suggest_all(trial, optimizer, self.optimizers[optimizer], OPTIMIZERS[optimizer].conditions)
         scheduler_params = _suggest_all(trial, scheduler, self.schedulers[scheduler], {})
         warmup_range = self.check_epochs(epochs, "search space")
         # At least one epoch is left for the scheduler itself.

@@ -28,9 +28,13 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.5, 15.0
 
 # "Operational" errors that waiting does not fix: a wrong URL, password, database name or path.
 _PERMANENT = (
-    "authentication failed", "does not exist", "no password supplied", "could not translate host name",
-    "unable to open database file", "Name or service not known",
-)  # fmt: skip
+    "authentication failed",
+    "does not exist",
+    "no password supplied",
+    "could not translate host name",
+    "unable to open database file",
+    "Name or service not known",
+)
 
 _logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,23 +102,43 @@ def retry_transient(call: Callable[[], T], what: str, retry_seconds: float, show
                     f"({what}: {first_line(e)}); check that the database server runs and the URL is right, "
                     "then start the worker again (a trial it was running is re-run by another worker)"
                 ) from e
-            _logger.warning(
-                "storage error in %s (%s); retrying in %.1fs", what, first_line(e), min(delay, left)
-            )
+            _logger.warning("storage error in %s (%s); retrying in %.1fs", what, first_line(e), min(delay, left))
             time.sleep(min(delay, left))
             delay = min(delay * 2, BACKOFF_MAX)
 
 
 # The RDBStorage methods that talk to the database: the public ones and the private ones optuna's cache calls.
 _RETRIED_METHODS = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-    "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
-    "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param", "get_trial_param",
-    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials", "get_best_trial",
-    "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
-)  # fmt: skip
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+)
 
 
 @functools.cache
@@ -129,9 +153,7 @@ def _retrying_storage_class() -> type[optuna.storages.RDBStorage]:
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             if not self.retry_seconds:
                 return method(self, *args, **kwargs)
-            return retry_transient(
-                lambda: method(self, *args, **kwargs), name, self.retry_seconds, self.shown_url
-            )
+            return retry_transient(lambda: method(self, *args, **kwargs), name, self.retry_seconds, self.shown_url)
 
         return wrapper
 
@@ -176,13 +198,9 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
         if parsed.database and parsed.database != ":memory:":
             folder = os.path.dirname(os.path.abspath(parsed.database))
             if not os.path.isdir(folder):
-                raise StorageError(
-                    f"storage '{shown}': folder {folder} does not exist; create it or fix the path"
-                )
+                raise StorageError(f"storage '{shown}': folder {folder} does not exist; create it or fix the path")
     else:
-        engine_kwargs["pool_pre_ping"] = (
-            True  # survive a server restart between two uses of a pooled connection
-        )
+        engine_kwargs["pool_pre_ping"] = True  # survive a server restart between two uses of a pooled connection
     try:
         storage = _new_storage(url, engine_kwargs)
         if parsed.get_backend_name() == "sqlite":

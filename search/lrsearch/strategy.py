@@ -108,7 +108,11 @@ class LRStrategy:
                 f"optimizer, start_factor={self.warmup_start_factor!r}, total_iters={warmup})",
             ]
         horizon = "" if epochs == self.epochs else f"  # of a schedule planned for {self.epochs} epochs"
-        lines += ["", "step = 0" if family.unit is StepUnit.BATCH else None, f"for epoch in range({epochs}):{horizon}"]
+        lines += [
+            "",
+            "step = 0" if family.unit is StepUnit.BATCH else None,
+            f"for epoch in range({epochs}):{horizon}",
+        ]
         lines += [
             "    for inputs, targets in train_loader:",
             "        optimizer.zero_grad()",
@@ -130,7 +134,9 @@ class LRStrategy:
         elif family.torch_name is None:
             lines += [f"    if epoch < {warmup}:", "        warmup.step()"] if warmup else []
         else:
-            lines.append(f"    (warmup if epoch < {warmup} else scheduler).step()" if warmup else "    scheduler.step()")
+            lines.append(
+                f"    (warmup if epoch < {warmup} else scheduler).step()" if warmup else "    scheduler.step()"
+            )
         return "\n".join(line for line in lines if line is not None) + "\n"
 
 

@@ -47,8 +47,9 @@ def create_or_resume(
     import optuna
 
     try:
-        study = optuna.create_study(storage=storage, study_name=definition.name, direction="maximize",
-                                    load_if_exists=False)  # fmt: skip
+        study = optuna.create_study(
+            storage=storage, study_name=definition.name, direction="maximize", load_if_exists=False
+        )
     except optuna.exceptions.DuplicatedStudyError:
         study, stored = load(storage, definition.name)
         if compare:

@@ -10,8 +10,8 @@ import optuna
 from lrsearch.definition import StudyDefinition
 from lrsearch.objective import Objective, TrainingData
 from lrsearch.publish import publish_trial
-from lrsearch.scoring import EpochSelector
 from lrsearch.records import EpochRecord
+from lrsearch.scoring import EpochSelector
 from lrsearch.training import steps_per_epoch, train
 
 _logger = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ class TrialRunner:
         selector = EpochSelector(definition.targets)
         history: list[dict[str, float]] = []
         stop_reason = f"trained all {definition.epochs} epochs"
-        for record in train(strategy, self.objective, self.data, seed=seed,
-                            train_accuracy=definition.targets.train_accuracy):  # fmt: skip
+        for record in train(
+            strategy, self.objective, self.data, seed=seed, train_accuracy=definition.targets.train_accuracy
+        ):
             history.append(record.as_dict())
             trial.set_user_attr("history", history)
             if record.diverged:
@@ -58,8 +59,10 @@ class TrialRunner:
                 publish_trial(trial, definition, complete=False)  # curves and notes for the dashboard
                 raise optuna.TrialPruned(f"val_acc {record.val_acc:.4f} after epoch {record.epoch}")
             if selector.should_stop():
-                stop_reason = (f"stopped after epoch {record.epoch}: train accuracy above "
-                               f"{definition.targets.max_train} for {selector.overfit_streak} epochs")  # fmt: skip
+                stop_reason = (
+                    f"stopped after epoch {record.epoch}: train accuracy above "
+                    f"{definition.targets.max_train} for {selector.overfit_streak} epochs"
+                )
                 break
         chosen = self._summarise(trial, selector, stop_reason)
         for key, value in selector.constraints(chosen).items():

@@ -184,15 +184,11 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterato
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
     elif url.get_backend_name() == "postgresql":
-        key = int.from_bytes(
-            hashlib.sha256(f"lrsearch:{study_name}".encode()).digest()[:8], "big", signed=True
-        )
+        key = int.from_bytes(hashlib.sha256(f"lrsearch:{study_name}".encode()).digest()[:8], "big", signed=True)
         with _pg_advisory_lock(storage, key) as held:
             yield held
     else:
-        yield (
-            lambda: True
-        )  # other backends: no lock; the budget may then be exceeded by a few trials under races
+        yield (lambda: True)  # other backends: no lock; the budget may then be exceeded by a few trials under races
 
 
 @contextlib.contextmanager
@@ -225,9 +221,7 @@ def _pg_advisory_lock(storage: optuna.storages.RDBStorage, key: int) -> Iterator
             connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
             connection.commit()
         except sqlalchemy.exc.SQLAlchemyError as e:  # the session ended, and the server released its lock
-            _logger.warning(
-                "budget lock: the database connection was lost (%s); the server released the lock", e
-            )
+            _logger.warning("budget lock: the database connection was lost (%s); the server released the lock", e)
         finally:
             connection.close()
 
@@ -285,9 +279,7 @@ def _work(
     return ran
 
 
-def _make_runner(
-    definition: StudyDefinition, device: str, data_dir: Path | None, threads: int | None
-) -> TrialRunner:
+def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None, threads: int | None) -> TrialRunner:
 
     threads = threads or int(os.environ.get(THREADS_ENV, "0") or 0)
     if threads > 0:
@@ -346,9 +338,7 @@ def reap(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)  # no heartbeat for the grace period
     for trial_id in _orphans(study):  # RUNNING but never a heartbeat: its worker died right after making it
         if "failed_trial" in study._storage.get_trial(trial_id).system_attrs:
-            _fail_and_requeue(
-                study, trial_id, "its worker died before the trial's first heartbeat", retry=None
-            )
+            _fail_and_requeue(study, trial_id, "its worker died before the trial's first heartbeat", retry=None)
         else:  # nothing ran yet: free its place (it may also be a copy made by a retried database call)
             _void(study, trial_id, "its worker died before the trial's first heartbeat")
 

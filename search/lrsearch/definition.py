@@ -194,7 +194,7 @@ def parse_table(table: Mapping[str, Any], where: str) -> StudyDefinition:
         if key not in sections:
             raise ConfigError(f"{where}: unknown section [{key}]; accepted: {', '.join(f'[{s}]' for s in sections)}")
     base = StudyDefinition(name="", objective="", space=SearchSpace.from_table({}, where))
-    positive = {"check": lambda v: v >= 1, "accepted": "it must be 1 or more"}
+    positive: dict[str, Any] = {"check": lambda v: v >= 1, "accepted": "it must be 1 or more"}
 
     study = _Section(table, "study", where)
     name = study.take("name", str, "lrsearch", check=lambda v: v.strip() != "", accepted="give a non-empty name")
@@ -216,7 +216,10 @@ def parse_table(table: Mapping[str, Any], where: str) -> StudyDefinition:
             )
 
     targets = _Section(table, "targets", where)
-    fraction = {"check": lambda v: 0.0 <= v <= 1.0 and not math.isnan(v), "accepted": "use a value in [0, 1]"}
+    fraction: dict[str, Any] = {
+        "check": lambda v: 0.0 <= v <= 1.0 and not math.isnan(v),
+        "accepted": "use a value in [0, 1]",
+    }
     parsed_targets = Targets(
         min_val=targets.take("min_val", float, Targets.min_val, **fraction),
         max_train=targets.take("max_train", float, Targets.max_train, **fraction),

@@ -94,7 +94,7 @@ ParamSpec = FloatRange | IntRange | Choice
 
 def _bounds(value: object, where: str, kinds: tuple[type, ...], noun: str) -> tuple[Any, Any]:
     """A scalar fixes the value; a two-item list [low, high] is a range."""
-    items = value if isinstance(value, list) else [value, value]
+    items: list[Any] = value if isinstance(value, list) else [value, value]
     if len(items) != 2 or not all(isinstance(v, kinds) and not isinstance(v, bool) for v in items):
         raise ConfigError(f"{where}: expected [low, high] or a single value, both {noun}; got {_show(value)}")
     if not all(math.isfinite(v) for v in items):

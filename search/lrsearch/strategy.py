@@ -110,7 +110,7 @@ class LRStrategy:
         horizon = "" if epochs == self.epochs else f"  # of a schedule planned for {self.epochs} epochs"
         lines += [
             "",
-            "step = 0" if family.unit is StepUnit.BATCH else None,
+            *(["step = 0"] if family.unit is StepUnit.BATCH else []),
             f"for epoch in range({epochs}):{horizon}",
         ]
         lines += [
@@ -137,7 +137,7 @@ class LRStrategy:
             lines.append(
                 f"    (warmup if epoch < {warmup} else scheduler).step()" if warmup else "    scheduler.step()"
             )
-        return "\n".join(line for line in lines if line is not None) + "\n"
+        return "\n".join(lines) + "\n"
 
 
 def _args(kwargs: Mapping[str, Any], *, exact: bool = True) -> str:

@@ -154,3 +154,20 @@ def test_diverging_trials_end_with_their_reason_and_the_study_goes_on(tmp_path: 
     rows = json.loads(lrsearch("trials", "--storage", sqlite_url, "--json")[1])
     assert all(row["stop_reason"].startswith("diverged: loss became ") for row in rows)
     assert all(row["feasible"] is False for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("objective", "message"),
+    [
+        ('name = "no_such_module_xyz:Objective"', "cannot import module 'no_such_module_xyz'"),
+        ('name = "synthetic_objective:Synthetic"\nsamples = "many"', "could not load its data: TypeError"),
+        ('name = "mnist_mlp"', "cannot read or download MNIST in"),
+    ],
+)
+def test_an_objective_or_data_that_does_not_load_creates_no_study(
+    tmp_path: Path, sqlite_url: str, objective: str, message: str
+) -> None:
+    study = write_study(tmp_path, f"[objective]\n{objective}\n" + FEASIBLE)
+    code, _, err = lrsearch("start", str(study), "--storage", sqlite_url, "--data-dir", str(tmp_path / "no-data"))
+    assert code == 1 and message in err and "Traceback" not in err
+    assert lrsearch("studies", "--storage", sqlite_url, "--json")[1].strip() == "[]"

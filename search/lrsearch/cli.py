@@ -121,23 +121,40 @@ def start(
     from lrsearch.storage import open_storage
 
     db = open_storage(storage)
-    study, definition = _create_or_resume(db, study_file, overrides)
+    study, definition = _create_or_resume(db, study_file, overrides, data_dir=data_dir, check_data=True)
     if workers is None and gpus is None and per_gpu == 1:
         _run_start(storage, study.study_name, definition.trials, device, data_dir)
     else:
         _run_fleet(storage, study, definition.trials, device, data_dir, (workers, gpus, per_gpu))
 
 
-def _create_or_resume(db: Any, study_file: Path | None, overrides: dict[str, Any]) -> tuple[Any, Any]:
+def _create_or_resume(
+    db: Any,
+    study_file: Path | None,
+    overrides: dict[str, Any],
+    *,
+    data_dir: Path | None = None,
+    check_data: bool = False,
+) -> tuple[Any, Any]:
     from lrsearch.definition import default_study_file, load_study_file
+    from lrsearch.objective import load_data, load_objective
     from lrsearch.study import create_or_resume, load, study_names
 
     overrides["name"] = overrides.pop("study_name")
     base = load_study_file(study_file or default_study_file())
     name = overrides["name"] or base.name
-    if study_file is None and name in study_names(db):
+    exists = name in study_names(db)
+    if study_file is None and exists:
         base = load(db, name)[1]  # resume with what is stored; only the flags given change it
     definition = base.with_overrides(**overrides)
+    if not exists:
+        # A study is created only once its objective (and, for `start`, its data) is known to load: a bad
+        # module:attr or a missing data folder leaves no empty study behind.
+        objective = load_objective(definition.objective, definition.objective_options)
+        if check_data:
+            import torch
+
+            load_data(objective, definition.objective, torch.device("cpu"), data_dir)
     return create_or_resume(db, definition), definition
 
 

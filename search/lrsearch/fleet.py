@@ -173,12 +173,13 @@ def prepare_data(storage_url: str, study_name: str, data_dir: Path | None) -> No
     """Read (download) the objective's data once, so that the workers do not all download it at once."""
     import torch
 
-    from lrsearch.objective import load_objective
+    from lrsearch.objective import load_data, load_objective
     from lrsearch.storage import open_storage
     from lrsearch.study import load
 
     definition = load(open_storage(storage_url), study_name)[1]
-    load_objective(definition.objective, definition.objective_options).load_data(torch.device("cpu"), data_dir)
+    objective = load_objective(definition.objective, definition.objective_options)
+    load_data(objective, definition.objective, torch.device("cpu"), data_dir)
 
 
 @dataclass

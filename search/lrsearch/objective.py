@@ -111,3 +111,15 @@ def _registered(name: str) -> str:
             f"unknown objective '{name}'; registered: {', '.join(sorted(registered))}, or give module:attr"
         )
     return registered[name]
+
+
+def load_data(objective: Objective, name: str, device: torch.device, data_dir: Path | None) -> TrainingData:
+    """The objective's data; an unexpected error in the user's loader becomes an ObjectiveError naming it."""
+    from lrsearch.errors import LRSearchError
+
+    try:
+        return objective.load_data(device, data_dir)
+    except LRSearchError:
+        raise
+    except Exception as e:  # the user's code: report it, do not crash with a traceback
+        raise ObjectiveError(f"objective '{name}' could not load its data: {type(e).__name__}: {e}") from e

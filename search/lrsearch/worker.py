@@ -34,7 +34,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from lrsearch.errors import ConfigError, StorageError
-from lrsearch.objective import load_objective
+from lrsearch.objective import load_data, load_objective
 from lrsearch.storage import (
     HEARTBEAT_GRACE,
     STORAGE_RETRY_SECONDS,
@@ -285,7 +285,7 @@ def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None
     if threads > 0:
         set_torch_threads(threads)  # `start` divides the cores among its workers
     objective = load_objective(definition.objective, definition.objective_options)
-    data = objective.load_data(pick_device(device), data_dir)
+    data = load_data(objective, definition.objective, pick_device(device), data_dir)
     return TrialRunner(definition, objective, data)
 
 

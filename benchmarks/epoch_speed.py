@@ -111,9 +111,7 @@ def _lrsearch_process(
     set_torch_threads(threads)
     objective = MnistMLP()
     data = objective.load_data(torch.device("cpu"), Path(data_dir) if data_dir else None)
-    warmup = TrainingData(
-        data.train_inputs[:6400], data.train_targets[:6400], data.val_inputs, data.val_targets
-    )
+    warmup = TrainingData(data.train_inputs[:6400], data.train_targets[:6400], data.val_inputs, data.val_targets)
     for strategy in _strategies(1):
         for _ in train(strategy, objective, warmup, seed=0, train_accuracy=train_accuracy):
             pass
@@ -233,9 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=os.environ.get("LRSEARCH_DATA_DIR"),
         help="folder holding MNIST/raw (default: env LRSEARCH_DATA_DIR)",
     )
-    parser.add_argument(
-        "--epochs", type=int, default=3, help="epochs of each timed lrsearch trial (default 3)"
-    )
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each timed lrsearch trial (default 3)")
     parser.add_argument("--trials", type=int, default=2, help="timed trials per lrsearch process (default 2)")
     parser.add_argument("--reference-epochs", type=int, default=2, help="timed reference epochs (default 2)")
     args = parser.parse_args(argv)
@@ -248,8 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"machine: {cores} cores, torch {torch.__version__}; load average {_load()}", flush=True)
     peak_core, peak_machine = matmul_peak(1), matmul_peak(cores)
     print(
-        f"matmul peak (2048^2 fp32): {peak_core:.1f} GFLOPS on 1 thread, "
-        f"{peak_machine:.1f} GFLOPS on {cores}",
+        f"matmul peak (2048^2 fp32): {peak_core:.1f} GFLOPS on 1 thread, {peak_machine:.1f} GFLOPS on {cores}",
         flush=True,
     )
 
@@ -284,10 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
 
     print(f"\nload average at the end: {_load()}")
-    print(
-        "\n| train accuracy | lrsearch run | s / trial-epoch "
-        f"| vs reference ({ref:.2f} s/epoch) | of matmul peak |"
-    )
+    print(f"\n| train accuracy | lrsearch run | s / trial-epoch | vs reference ({ref:.2f} s/epoch) | of matmul peak |")
     print("|---|---|---|---|---|")
     for mode, label, seconds, speedup, fraction in rows:
         print(f"| {mode} | {label} | {seconds:.3f} | {speedup:.1f}x | {fraction:.0%} |")

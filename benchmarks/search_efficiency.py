@@ -169,9 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=os.environ.get("LRSEARCH_DATA_DIR"),
         help="folder holding MNIST/raw (default: env LRSEARCH_DATA_DIR)",
     )
-    parser.add_argument(
-        "--budget", type=int, default=480, help="epochs per study (default 480: 40 full trials)"
-    )
+    parser.add_argument("--budget", type=int, default=480, help="epochs per study (default 480: 40 full trials)")
     parser.add_argument("--seeds", type=int, default=3, help="studies per method (default 3)")
     args = parser.parse_args(argv)
 
@@ -184,9 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lrsearch-bench-") as folder:
-        jobs = [
-            (m, s, args.budget, threads, args.data_dir, folder) for s in range(args.seeds) for m in METHODS
-        ]
+        jobs = [(m, s, args.budget, threads, args.data_dir, folder) for s in range(args.seeds) for m in METHODS]
         with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
             runs = []
             for data in pool.imap(_run_study, jobs):

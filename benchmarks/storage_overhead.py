@@ -101,9 +101,7 @@ def instrument(clock: Clock) -> dict[str, float]:
     import lrsearch.worker
 
     interface = [
-        name
-        for name in dir(BaseStorage)
-        if not name.startswith("__") and callable(getattr(BaseStorage, name))
+        name for name in dir(BaseStorage) if not name.startswith("__") and callable(getattr(BaseStorage, name))
     ]
     for cls in (RDBStorage, lrsearch.storage._retrying_storage_class(), cached._CachedStorage):
         for name in {*interface, "record_heartbeat", "_get_stale_trial_ids"}:
@@ -347,9 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.skip_postgres:
         why = _reachable(args.postgres)
         if why is None:
-            outcomes.append(
-                measure("postgresql", args.postgres, args.trials, workers, threads, args.data_dir)
-            )
+            outcomes.append(measure("postgresql", args.postgres, args.trials, workers, threads, args.data_dir))
             print(outcomes[-1].row(), flush=True)
         else:
             print(f"PostgreSQL at {mask_url(args.postgres)} skipped: {why}")

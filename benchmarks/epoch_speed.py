@@ -16,13 +16,14 @@ What is measured, all in this one invocation on this one machine (only ratios of
 Each lrsearch process trains whole trials (a fresh model and strategy each, cycling through a few typical
 strategies), so a trial-epoch includes model creation, validation and the train-accuracy measurement:
 "eval" (the default: an extra forward pass over the 60k training images) and "running" (the accuracy during
-the epoch).
-Each process first trains a short warm-up that is not timed; loading MNIST is not timed either.
+the epoch). Each process first trains a short warm-up that is not timed; loading MNIST is not timed either.
+All runs are repeated for --rounds rounds, each round in a rotated order, and the medians are reported, so a
+burst of load from elsewhere moves one sample, not the result.
 
 FLOPs per epoch count the matmuls only (forward 2*m*k*n per layer; backward: weight gradients of both layers
 and the input gradient of the second), so the fraction of the matmul peak is a lower bound on the efficiency.
 
-    python benchmarks/epoch_speed.py [--data-dir DIR] [--epochs N] [--trials N] [--reference-epochs N]
+    python benchmarks/epoch_speed.py [--data-dir DIR] [--epochs N] [--trials N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -222,6 +223,14 @@ def reference_seconds(data_dir: str | None, epochs: int) -> list[float]:
     return list(_run(_reference_process, [(data_dir, epochs)])[0])
 
 
+@dataclass(frozen=True)
+class Config:
+    label: str
+    workers: int  # 0: the reference loop
+    threads: int
+    train_accuracy: str = "eval"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from lrsearch.threads import auto_workers, threads_per_worker, usable_cores
 
@@ -231,9 +240,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=os.environ.get("LRSEARCH_DATA_DIR"),
         help="folder holding MNIST/raw (default: env LRSEARCH_DATA_DIR)",
     )
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of each timed lrsearch trial (default 3)")
-    parser.add_argument("--trials", type=int, default=2, help="timed trials per lrsearch process (default 2)")
-    parser.add_argument("--reference-epochs", type=int, default=2, help="timed reference epochs (default 2)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of each timed trial (default 2)")
+    parser.add_argument("--trials", type=int, default=1, help="timed trials per lrsearch process (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all runs; medians are shown (default 3)")
     args = parser.parse_args(argv)
 
     import torch
@@ -243,46 +252,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     threads = threads_per_worker(workers, cores)
     print(f"machine: {cores} cores, torch {torch.__version__}; load average {_load()}", flush=True)
     peak_core, peak_machine = matmul_peak(1), matmul_peak(cores)
-    print(
-        f"matmul peak (2048^2 fp32): {peak_core:.1f} GFLOPS on 1 thread, {peak_machine:.1f} GFLOPS on {cores}",
-        flush=True,
-    )
+    print(f"matmul peak (2048^2 fp32): {peak_core:.1f} GFLOPS on 1 thread, {peak_machine:.1f} on {cores}")
 
-    reference = reference_seconds(args.data_dir, args.reference_epochs)
-    ref = statistics.median(reference)
-    ref_flops = epoch_flops("running")
-    print(
-        f"reference loop (DataLoader, {cores} threads): {ref:.3f} s/epoch (epochs: "
-        f"{', '.join(f'{s:.2f}' for s in reference)}); {ref_flops / ref / 1e9 / peak_machine:.1%} of the "
-        "machine's matmul peak",
-        flush=True,
-    )
-
-    configs = [
-        (1, cores, "one worker, all cores' threads"),
-        (1, 1, "one worker, 1 thread"),
-        (workers, threads, f"whole machine: {workers} workers x {threads} thread(s) (auto)"),
-    ]
-    rows = []
+    configs = [Config(f"reference loop alone ({torch.get_num_threads()} threads)", 0, 0)]
     for mode in MODES:
-        for count, per, label in configs:
-            measured = lrsearch_throughput(args.data_dir, count, per, mode, args.trials, args.epochs)
-            peak = peak_machine if count * per > 1 else peak_core
-            fraction = epoch_flops(mode) / measured.seconds_per_epoch / 1e9 / peak
-            speedup = ref / measured.seconds_per_epoch
-            rows.append((mode, label, measured.seconds_per_epoch, speedup, fraction))
-            print(
-                f"lrsearch [{mode}] {label}: {measured.seconds_per_epoch:.3f} s/trial-epoch "
-                f"({measured.epochs} epochs in {measured.seconds:.1f} s); {speedup:.1f}x the reference; "
-                f"{fraction:.1%} of the matmul peak",
-                flush=True,
-            )
+        configs += [
+            Config(f"lrsearch default: 1 worker, {cores} threads", 1, cores, mode),
+            Config("lrsearch 1 worker, 1 thread", 1, 1, mode),
+            Config(f"lrsearch whole machine: {workers} workers x {threads} thread (auto)", workers, threads, mode),
+        ]
+    seconds: dict[Config, list[float]] = {c: [] for c in configs}
+    for round_ in range(args.rounds):
+        for config in configs[round_ % len(configs) :] + configs[: round_ % len(configs)]:  # rotated order
+            if config.workers == 0:
+                measured = statistics.median(reference_seconds(args.data_dir, 1))
+            else:
+                throughput = lrsearch_throughput(
+                    args.data_dir, config.workers, config.threads, config.train_accuracy, args.trials, args.epochs
+                )
+                measured = throughput.seconds_per_epoch
+            seconds[config].append(measured)
+            mode = "" if config.workers == 0 else f" [{config.train_accuracy}]"
+            print(f"  round {round_ + 1}: {config.label}{mode}: {measured:.3f} s/epoch", flush=True)
 
-    print(f"\nload average at the end: {_load()}")
-    print(f"\n| train accuracy | lrsearch run | s / trial-epoch | vs reference ({ref:.2f} s/epoch) | of matmul peak |")
+    reference = statistics.median(seconds[configs[0]])
+    print(f"\nload average at the end: {_load()}; medians of {args.rounds} rounds\n")
+    print(
+        "| run | train accuracy | s / trial-epoch (whole machine) | speed-up vs the reference loop "
+        "| share of the matmul peak (epoch FLOPs / time / peak) |"
+    )
     print("|---|---|---|---|---|")
-    for mode, label, seconds, speedup, fraction in rows:
-        print(f"| {mode} | {label} | {seconds:.3f} | {speedup:.1f}x | {fraction:.0%} |")
+    for config, values in seconds.items():
+        median = statistics.median(values)
+        mode = "running (usual)" if config.workers == 0 else config.train_accuracy
+        peak = peak_core if config.workers * config.threads == 1 else peak_machine
+        share = epoch_flops("running" if config.workers == 0 else config.train_accuracy) / median / 1e9 / peak
+        print(f"| {config.label} | {mode} | {median:.3f} | {reference / median:.1f}x | {share:.1%} |")
 
 
 def _load() -> str:

@@ -169,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=os.environ.get("LRSEARCH_DATA_DIR"),
         help="folder holding MNIST/raw (default: env LRSEARCH_DATA_DIR)",
     )
-    parser.add_argument("--budget", type=int, default=480, help="epochs per study (default 480: 40 full trials)")
+    parser.add_argument(
+        "--budget", type=int, default=264, help="epochs per study (default 264: 22 full trials; ~30 min on 2 cores)"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="studies per method (default 3)")
     args = parser.parse_args(argv)
 

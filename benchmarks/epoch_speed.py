@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _common import add_data_dir, load_average
 
 LAYERS = ((28 * 28, 128), (128, 10))  # the default objective's MLP
 TRAIN_SAMPLES, VAL_SAMPLES = 60_000, 10_000
@@ -235,11 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from lrsearch.threads import auto_workers, threads_per_worker, usable_cores
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("LRSEARCH_DATA_DIR"),
-        help="folder holding MNIST/raw (default: env LRSEARCH_DATA_DIR)",
-    )
+    add_data_dir(parser)
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each timed trial (default 2)")
     parser.add_argument("--trials", type=int, default=1, help="timed trials per lrsearch process (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all runs; medians are shown (default 3)")
@@ -250,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cores = usable_cores()
     workers = auto_workers(cores)
     threads = threads_per_worker(workers, cores)
-    print(f"machine: {cores} cores, torch {torch.__version__}; load average {_load()}", flush=True)
+    print(f"machine: {cores} cores, torch {torch.__version__}; load average {load_average()}", flush=True)
     peak_core, peak_machine = matmul_peak(1), matmul_peak(cores)
     print(f"matmul peak (2048^2 fp32): {peak_core:.1f} GFLOPS on 1 thread, {peak_machine:.1f} on {cores}")
 
@@ -276,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"  round {round_ + 1}: {config.label}{mode}: {measured:.3f} s/epoch", flush=True)
 
     reference = statistics.median(seconds[configs[0]])
-    print(f"\nload average at the end: {_load()}; medians of {args.rounds} rounds\n")
+    print(f"\nload average at the end: {load_average()}; medians of {args.rounds} rounds\n")
     print(
         "| run | train accuracy | s / trial-epoch (whole machine) | speed-up vs the reference loop "
         "| share of the matmul peak (epoch FLOPs / time / peak) |"
@@ -288,13 +285,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         peak = peak_core if config.workers * config.threads == 1 else peak_machine
         share = epoch_flops("running" if config.workers == 0 else config.train_accuracy) / median / 1e9 / peak
         print(f"| {config.label} | {mode} | {median:.3f} | {reference / median:.1f}x | {share:.1%} |")
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
-import os
 import statistics
 import tempfile
 import time
@@ -35,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from _common import add_data_dir, load_average
 
 METHODS = ("lrsearch", "random")
 
@@ -164,11 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from lrsearch.threads import auto_workers, threads_per_worker
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("LRSEARCH_DATA_DIR"),
-        help="folder holding MNIST/raw (default: env LRSEARCH_DATA_DIR)",
-    )
+    add_data_dir(parser)
     parser.add_argument(
         "--budget", type=int, default=264, help="epochs per study (default 264: 22 full trials; ~30 min on 2 cores)"
     )
@@ -179,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     threads = threads_per_worker(workers)
     print(
         f"budget {args.budget} epochs per study; {args.seeds} seeds x {len(METHODS)} methods; "
-        f"{workers} studies at a time, {threads} thread(s) each; load average {_load()}",
+        f"{workers} studies at a time, {threads} thread(s) each; load average {load_average()}",
         flush=True,
     )
     started = time.monotonic()
@@ -198,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     flush=True,
                 )
     report(runs, args.budget)
-    print(f"\ntotal time {time.monotonic() - started:.0f} s; load average at the end {_load()}")
+    print(f"\ntotal time {time.monotonic() - started:.0f} s; load average at the end {load_average()}")
 
 
 def _median(values: list[float]) -> float:
@@ -251,13 +248,6 @@ def report(runs: list[Run], budget: int) -> None:
         f"{mine / budget:.0%} of random search's budget of {budget} epochs (target: at most a third); "
         f"random search itself first reached its own final best after {_shown(own)} epochs (median)."
     )
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import add_data_dir, load_average
+
 DEFAULT_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
@@ -304,11 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from lrsearch.threads import auto_workers, threads_per_worker
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("LRSEARCH_DATA_DIR"),
-        help="folder holding MNIST/raw (default: env LRSEARCH_DATA_DIR)",
-    )
+    add_data_dir(parser)
     parser.add_argument("--trials", type=int, default=12, help="trials per storage (default 12)")
     parser.add_argument(
         "--postgres",
@@ -327,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     threads = threads_per_worker(workers)
     print(
         f"{workers} workers x {threads} thread(s); {args.trials} trials of the default study per storage; "
-        f"load average {_load()}",
+        f"load average {load_average()}",
         flush=True,
     )
     outcomes = []
@@ -349,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(outcomes[-1].row(), flush=True)
         else:
             print(f"PostgreSQL at {mask_url(args.postgres)} skipped: {why}")
-    print(f"\nload average at the end: {_load()}\n")
+    print(f"\nload average at the end: {load_average()}\n")
     print(
         "| storage | workers | trials | s / trial | training s / trial | storage ms / trial "
         "| storage calls / trial "
@@ -367,13 +365,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for name, (calls, seconds) in top
             )
         )
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

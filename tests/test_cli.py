@@ -25,7 +25,8 @@ lr = [0.02, 0.1]
 
 
 def lrsearch(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    # one worker, in this process: the synthetic objective imports here, not in worker processes
+    result = CliRunner().invoke(main, list(args), env={"LRSEARCH_WORKERS": "1", **(env or {})}, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
 
 

@@ -237,7 +237,7 @@ def test_the_worker_command_line_is_one_the_cli_accepts(tmp_path: Path) -> None:
 def test_a_worker_joins_a_running_study(tmp_path: Path, sqlite_url: str, process_env: dict[str, str]) -> None:
     env = dict(process_env, LRSEARCH_HEARTBEAT_GRACE="120")  # the paused process below is not taken for dead
     study = write_study(tmp_path, SLOW.format(samples=8000), trials=6, epochs=2)
-    first = lrsearch_process(env, "start", str(study), "--storage", sqlite_url)
+    first = lrsearch_process(env, "start", str(study), "--storage", sqlite_url, "--workers", "1")
     # Pause `start` in a trial while the second worker starts (however slow this machine is): work is left.
     _pause_in_a_trial(first, sqlite_url)
     try:

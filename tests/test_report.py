@@ -54,7 +54,8 @@ n_warmup_steps = 1
 
 
 def lrsearch(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    # one worker, in this process: the synthetic objective imports here, not in worker processes
+    result = CliRunner().invoke(main, list(args), env={"LRSEARCH_WORKERS": "1"}, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
 
 

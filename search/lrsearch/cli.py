@@ -96,8 +96,12 @@ device_option = click.option(
 @device_option
 @click.option(
     "--workers",
-    help="Worker processes on this host: a number, or auto (one per CPU core, or one "
-    "per GPU). Default: one worker, in this process.",
+    envvar="LRSEARCH_WORKERS",
+    default="auto",
+    show_default=True,
+    help="Worker processes on this host: a number, or auto (one per GPU, else one per CPU core with one "
+    "thread each: the fastest way to use a CPU for small models). One worker runs in this process "
+    "(env LRSEARCH_WORKERS).",
 )
 @click.option("--gpus", help="GPU ids, e.g. 0,1,2,3: --per-gpu workers per GPU, each pinned to it.")
 @click.option("--per-gpu", type=int, default=1, show_default=True, help="Workers per GPU listed in --gpus.")
@@ -118,14 +122,19 @@ def start(
     default study (studies/mnist.toml). With --workers or --gpus the trials run in several processes; more
     can join from any host with `lrsearch worker`.
     """
+    from lrsearch.fleet import plan_workers
     from lrsearch.storage import open_storage
+    from lrsearch.study import budget
 
+    layout = (workers, gpus, per_gpu, device)
+    plan_workers(*layout, remaining=sys.maxsize)  # a bad layout is refused before the database is touched
     db = open_storage(storage)
     study, definition = _create_or_resume(db, study_file, overrides, data_dir=data_dir, check_data=True)
-    if workers is None and gpus is None and per_gpu == 1:
-        _run_start(storage, study.study_name, definition.trials, device, data_dir)
+    specs = plan_workers(*layout, remaining=definition.trials - budget(study, definition.trials).finished)
+    if len(specs) == 1 and specs[0].gpu is None:
+        _run_start(storage, study.study_name, definition.trials, specs[0].device, data_dir)
     else:
-        _run_fleet(storage, study, definition.trials, device, data_dir, (workers, gpus, per_gpu))
+        _run_fleet(storage, study, definition.trials, data_dir, specs)
 
 
 def _create_or_resume(
@@ -173,15 +182,10 @@ def _echo_next_step(study_name: str, storage: str) -> None:
     click.echo(f"see the result: lrsearch best --study-name {study_name} --storage {mask_url(storage)}", err=True)
 
 
-def _run_fleet(
-    storage: str, study: Any, total: int, device: str, data_dir: Path | None, layout: tuple[Any, Any, int]
-) -> None:
-    from lrsearch.fleet import plan_workers, run_fleet
+def _run_fleet(storage: str, study: Any, total: int, data_dir: Path | None, specs: list[Any]) -> None:
+    from lrsearch.fleet import run_fleet
     from lrsearch.progress import Progress
-    from lrsearch.study import budget
 
-    workers, gpus, per_gpu = layout
-    specs = plan_workers(workers, gpus, per_gpu, device, total - budget(study, total).finished)
     progress = Progress(total, started=time.monotonic())
     click.echo(
         f"lrsearch: study '{study.study_name}' in {mask_url(storage)}, {total} trials, {len(specs)} workers", err=True

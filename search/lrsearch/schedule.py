@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -18,13 +19,22 @@ class Schedule:
     """The optimizer plus the scheduler of a strategy, with its warmup in front.
 
     Call `after_batch()` after every `optimizer.step()` and `after_epoch(val_loss)` after every epoch's
-    validation; each scheduler steps only in its own unit. This is exactly what `LRStrategy.to_code` prints.
+    validation; each scheduler steps only in its own unit. This is what `LRStrategy.to_code` prints, except
+    that with `fused` (the default) the optimizer uses PyTorch's fused kernel where it has one (SGD, Adam,
+    AdamW, Adagrad): the same update within float rounding, in one kernel instead of a few per parameter
+    (Adam's step on the MNIST MLP: 0.70 -> 0.15 ms on a CPU core).
     """
 
-    def __init__(self, strategy: LRStrategy, parameters: Iterable[torch.nn.Parameter], steps_per_epoch: int):
+    def __init__(
+        self,
+        strategy: LRStrategy,
+        parameters: Iterable[torch.nn.Parameter],
+        steps_per_epoch: int,
+        *,
+        fused: bool = True,
+    ):
         family = SCHEDULERS[strategy.scheduler]
-        optimizer_class = getattr(torch.optim, OPTIMIZERS[strategy.optimizer].torch_name)
-        self.optimizer: torch.optim.Optimizer = optimizer_class(parameters, **strategy.optimizer_kwargs())
+        self.optimizer = _optimizer(strategy, list(parameters), fused=fused)
         self.unit = family.unit
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         if family.torch_name is not None:
@@ -59,3 +69,14 @@ class Schedule:
         elif self.scheduler is not None:
             self.scheduler.step()
         self._steps += 1
+
+
+def _optimizer(strategy: LRStrategy, parameters: list[torch.nn.Parameter], *, fused: bool) -> torch.optim.Optimizer:
+    optimizer_class = getattr(torch.optim, OPTIMIZERS[strategy.optimizer].torch_name)
+    kwargs = strategy.optimizer_kwargs()
+    if fused and "fused" in inspect.signature(optimizer_class).parameters:
+        try:
+            return optimizer_class(parameters, **kwargs, fused=True)  # type: ignore[no-any-return]
+        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+            pass
+    return optimizer_class(parameters, **kwargs)  # type: ignore[no-any-return]

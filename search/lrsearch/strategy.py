@@ -62,11 +62,12 @@ class LRStrategy:
         steps = self.epochs * per_epoch - self.warmup_steps(steps_per_epoch)
         return SCHEDULERS[self.scheduler].kwargs(self.scheduler_params, Horizon(self.lr, steps, steps_per_epoch))
 
-    def build(self, parameters: Iterable[torch.nn.Parameter], steps_per_epoch: int) -> Schedule:
-        """The optimizer and scheduler(s) for these parameters, wrapped in a driver that steps them right."""
+    def build(self, parameters: Iterable[torch.nn.Parameter], steps_per_epoch: int, *, fused: bool = True) -> Schedule:
+        """The optimizer and scheduler(s) for these parameters, wrapped in a driver that steps them right
+        (`fused`: PyTorch's fused optimizer kernel where there is one)."""
         from lrsearch.schedule import Schedule
 
-        return Schedule(self, parameters, steps_per_epoch)
+        return Schedule(self, parameters, steps_per_epoch, fused=fused)
 
     def describe(self) -> str:
         """One line, e.g. `SGD(lr=0.05, momentum=0.9) + CosineAnnealingLR [min_factor=0.001]`.

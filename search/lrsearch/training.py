@@ -12,11 +12,12 @@ from collections.abc import Iterator
 
 import torch
 
+from lrsearch.mlp_step import MLPStep
 from lrsearch.objective import Objective, TrainingData
 from lrsearch.records import EpochRecord
 from lrsearch.strategy import LRStrategy
 
-EVAL_BATCH = 8192
+EVAL_BATCH = 2048  # measured on a CPU core: 10% faster than 8192 (the activations stay in cache)
 
 
 def steps_per_epoch(data: TrainingData, batch_size: int) -> int:
@@ -30,24 +31,28 @@ def train(
     *,
     seed: int,
     train_accuracy: str = "eval",
+    fast_kernels: bool = True,
 ) -> Iterator[EpochRecord]:
     """Train a fresh model for `strategy.epochs` epochs, yielding each epoch's record as it ends.
 
     `train_accuracy` "eval": accuracy of the epoch's final weights over the whole training set (an extra
     forward pass); "running": accuracy of the batches as they were trained during the epoch (free, but lags
     the weights).
+    `fast_kernels`: fused optimizer kernels, and for a plain MLP under cross-entropy the hand-derived `MLPStep`
+    (False: autograd and the optimizers' default kernels, as the usual loop; for comparisons).
     The same seed on the same device gives the same records.
     """
     device = data.train_inputs.device
     torch.manual_seed(seed)
     model = objective.make_model().to(device)
     batch_size = objective.batch_size
-    schedule = strategy.build(model.parameters(), steps_per_epoch(data, batch_size))
+    schedule = strategy.build(model.parameters(), steps_per_epoch(data, batch_size), fused=fast_kernels)
     optimizer = schedule.optimizer
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     inputs, targets = data.train_inputs, data.train_targets
     n = len(targets)
+    mlp_step = MLPStep.for_model(model, objective, targets) if fast_kernels else None
 
     sizes = _batch_sizes(n, batch_size, device)
     running = train_accuracy == "running"
@@ -62,10 +67,13 @@ def train(
             batch = order[start : start + batch_size]
             x, y = inputs.index_select(0, batch), targets.index_select(0, batch)  # faster than inputs[batch]
             # forward / backward / step; the scheduler steps after the optimizer
-            outputs = model(x)
-            loss = objective.loss(outputs, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            if mlp_step is not None:
+                loss, outputs = mlp_step(x, y)
+            else:
+                outputs = model(x)
+                loss = objective.loss(outputs, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             lr_last = schedule.lr
             schedule.after_batch()

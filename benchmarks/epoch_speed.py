@@ -2,16 +2,18 @@
 
 What is measured, all in this one invocation on this one machine (only ratios of these runs are meaningful):
 
-- matmul peak: GFLOPS of a 2048 x 2048 fp32 matmul, with 1 thread (one core) and with one thread per core
-  (the machine);
+- matmul peak: the best GFLOPS of fp32 matmuls of the sizes in PEAK_SHAPES (a large square one and the
+  objective's own), with 1 thread (one core) and with one thread per core (the machine);
 - reference: the loop people write (torchvision MNIST + ToTensor + DataLoader(batch 64, shuffle), SGD with
   momentum, the same 784-128-10 MLP, `loss.item()` per step, then the 10k test images in DataLoader batches of
   1000), alone on the machine with torch's default threads; seconds per epoch;
 - lrsearch, one worker: `lrsearch.training.train` on the default objective (MnistMLP: real MNIST, batch 64,
-  validation on the 10k test images), one process, with all cores' threads and with 1 thread;
+  validation on the 10k test images), one process, with all cores' threads and with 1 thread; once more with
+  1 thread and `fast_kernels=False` (autograd and unfused optimizers, as before the hand-derived MLP step and
+  fused kernels), to show what they bring;
 - lrsearch, whole machine: W = auto_workers() processes side by side, threads_per_worker(W) threads each (the
-  policy of `--workers auto`, lrsearch.threads), started together; trial-epochs per second of the machine =
-  all epochs trained / wall time from the common start to the last process's end.
+  policy of `--workers auto`, the default of `lrsearch start`), started together; trial-epochs per second of
+  the machine = all epochs trained / wall time from the common start to the last process's end.
 
 Each lrsearch process trains whole trials (a fresh model and strategy each, cycling through a few typical
 strategies), so a trial-epoch includes model creation, validation and the train-accuracy measurement:
@@ -42,6 +44,7 @@ from _common import add_data_dir, load_average
 LAYERS = ((28 * 28, 128), (128, 10))  # the default objective's MLP
 TRAIN_SAMPLES, VAL_SAMPLES = 60_000, 10_000
 MODES = ("eval", "running")
+PEAK_SHAPES = ((2048, 2048, 2048), (64, 28 * 28, 128), (2048, 28 * 28, 128))
 
 
 def forward_flops() -> int:
@@ -64,20 +67,24 @@ def epoch_flops(train_accuracy: str) -> float:
 # --- what runs in the child processes ------------------------------------------------------------------
 
 
-def _matmul_gflops(threads: int, size: int = 2048, seconds: float = 2.0) -> float:
+def _matmul_gflops(threads: int, seconds: float = 1.0) -> float:
+    """The best of PEAK_SHAPES (m, k, n): small matmuls can beat the large one where their data stays in cache."""
     import torch
 
     from lrsearch.threads import set_torch_threads
 
     set_torch_threads(threads)
-    a, b = torch.rand(size, size), torch.rand(size, size)
-    for _ in range(3):
-        a @ b
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
+    best = 0.0
+    for m, k, n in PEAK_SHAPES:
+        a, b = torch.rand(m, k), torch.rand(k, n)
+        for _ in range(3):
+            a @ b
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            a @ b
+            count += 1
+        best = max(best, 2 * m * k * n * count / (time.perf_counter() - started) / 1e9)
+    return best
 
 
 def _strategies(epochs: int) -> list[Any]:
@@ -99,6 +106,7 @@ def _lrsearch_process(
     trials: int,
     epochs: int,
     index: int,
+    fast_kernels: bool,
     barrier: Any,
     results: Any,
 ) -> None:
@@ -115,14 +123,14 @@ def _lrsearch_process(
     data = objective.load_data(torch.device("cpu"), Path(data_dir) if data_dir else None)
     warmup = TrainingData(data.train_inputs[:6400], data.train_targets[:6400], data.val_inputs, data.val_targets)
     for strategy in _strategies(1):
-        for _ in train(strategy, objective, warmup, seed=0, train_accuracy=train_accuracy):
+        for _ in train(strategy, objective, warmup, seed=0, train_accuracy=train_accuracy, fast_kernels=fast_kernels):
             pass
     strategies = _strategies(epochs)
     barrier.wait()
     started, trained = time.monotonic(), 0
     for trial in range(trials):
         strategy = strategies[(index + trial) % len(strategies)]
-        for _ in train(strategy, objective, data, seed=trial, train_accuracy=train_accuracy):
+        for _ in train(strategy, objective, data, seed=trial, train_accuracy=train_accuracy, fast_kernels=fast_kernels):
             trained += 1
     results.put((trained, started, time.monotonic()))
 
@@ -211,9 +219,15 @@ class Throughput:
 
 
 def lrsearch_throughput(
-    data_dir: str | None, workers: int, threads: int, train_accuracy: str, trials: int, epochs: int
+    data_dir: str | None,
+    workers: int,
+    threads: int,
+    train_accuracy: str,
+    trials: int,
+    epochs: int,
+    fast_kernels: bool = True,
 ) -> Throughput:
-    rows = [(data_dir, threads, train_accuracy, trials, epochs, i) for i in range(workers)]
+    rows = [(data_dir, threads, train_accuracy, trials, epochs, i, fast_kernels) for i in range(workers)]
     outcome = _run(_lrsearch_process, rows, barrier=True)
     trained = sum(o[0] for o in outcome)
     wall = max(o[2] for o in outcome) - min(o[1] for o in outcome)
@@ -230,6 +244,7 @@ class Config:
     workers: int  # 0: the reference loop
     threads: int
     train_accuracy: str = "eval"
+    fast_kernels: bool = True
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -249,14 +264,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     threads = threads_per_worker(workers, cores)
     print(f"machine: {cores} cores, torch {torch.__version__}; load average {load_average()}", flush=True)
     peak_core, peak_machine = matmul_peak(1), matmul_peak(cores)
-    print(f"matmul peak (2048^2 fp32): {peak_core:.1f} GFLOPS on 1 thread, {peak_machine:.1f} on {cores}")
+    print(
+        f"matmul peak (best fp32 of {PEAK_SHAPES}): {peak_core:.1f} GFLOPS on 1 thread, {peak_machine:.1f} on {cores}"
+    )
 
     configs = [Config(f"reference loop alone ({torch.get_num_threads()} threads)", 0, 0)]
+    configs.append(Config("lrsearch 1 worker, 1 thread, autograd + unfused optimizers", 1, 1, fast_kernels=False))
     for mode in MODES:
         configs += [
-            Config(f"lrsearch default: 1 worker, {cores} threads", 1, cores, mode),
+            Config(f"lrsearch 1 worker, {cores} threads", 1, cores, mode),
             Config("lrsearch 1 worker, 1 thread", 1, 1, mode),
-            Config(f"lrsearch whole machine: {workers} workers x {threads} thread (auto)", workers, threads, mode),
+            Config(f"lrsearch whole machine (default: {workers} workers x {threads} thread)", workers, threads, mode),
         ]
     seconds: dict[Config, list[float]] = {c: [] for c in configs}
     for round_ in range(args.rounds):
@@ -265,7 +283,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 measured = statistics.median(reference_seconds(args.data_dir, 1))
             else:
                 throughput = lrsearch_throughput(
-                    args.data_dir, config.workers, config.threads, config.train_accuracy, args.trials, args.epochs
+                    args.data_dir,
+                    config.workers,
+                    config.threads,
+                    config.train_accuracy,
+                    args.trials,
+                    args.epochs,
+                    config.fast_kernels,
                 )
                 measured = throughput.seconds_per_epoch
             seconds[config].append(measured)

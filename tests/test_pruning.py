@@ -82,3 +82,17 @@ def test_a_stopped_complete_trial_keeps_its_score_a_pruned_one_does_not() -> Non
     assert pruner.score(complete, 3) == pytest.approx(0.91)
     assert pruner.score(pruned, 3) is None
     assert pruner.score(running(OVERFIT), 3) == pytest.approx(-0.005)  # least violation: epoch 1, 0.955 - 0.95
+
+
+def test_reads_the_finished_trials_once_per_pruned_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = study_with([SLOW_FEASIBLE + SLOW_FEASIBLE[-1:] * 2] * 5)
+    reads = []
+    get_trials = study.get_trials
+    monkeypatch.setattr(study, "get_trials", lambda **kwargs: reads.append(kwargs) or get_trials(**kwargs))
+    pruner = FeasibleMedianPruner(TARGETS)
+    for number, history, pruned in [(7, STUCK * 2, True), (8, SLOW_FEASIBLE * 2, False)]:
+        for epoch in (3, 4, 5):
+            trial = running(epochs(*((row["val_acc"], row["train_acc"]) for row in history[:epoch])))
+            trial.number = number
+            assert pruner.prune(study, trial) is pruned
+    assert len(reads) == 2  # one per trial, not one per epoch

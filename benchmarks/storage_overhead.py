@@ -17,15 +17,14 @@ side by side, exactly as `lrsearch start --workers auto` does. Inside each worke
     python benchmarks/storage_overhead.py [--data-dir DIR] [--trials N] [--postgres URL] [--skip-postgres]
 
 PostgreSQL: --postgres, else env LRSEARCH_TEST_POSTGRES, else postgresql+psycopg2://postgres@127.0.0.1:5432/test;
-the study made there is deleted at the end. SQLite: a database in a temporary folder (and, with
---sqlite-synchronous NORMAL, once more with that pragma on every connection, to see what it would save).
+the study made there is deleted at the end. SQLite: a database in a temporary folder, opened as lrsearch opens
+it (WAL, synchronous=NORMAL).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import multiprocessing as mp
 import os
@@ -153,26 +152,9 @@ def instrument(clock: Clock) -> dict[str, float]:
     return marks
 
 
-def _sqlite_synchronous(mode: str) -> None:
-    """Every SQLite connection this process opens gets `PRAGMA synchronous=mode` (an experiment)."""
-    import sqlite3
-
-    import sqlalchemy
-
-    def on_connect(connection: Any, _: Any) -> None:
-        if isinstance(connection, sqlite3.Connection):
-            connection.execute(f"PRAGMA synchronous={mode}")
-
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", on_connect)
-
-
-def _worker(
-    url: str, study_name: str, threads: int, data_dir: str | None, synchronous: str | None, results: Any
-) -> None:
+def _worker(url: str, study_name: str, threads: int, data_dir: str | None, results: Any) -> None:
     from lrsearch.worker import run_worker
 
-    if synchronous:
-        _sqlite_synchronous(synchronous)
     clock = Clock()
     marks = instrument(clock)
     trials = run_worker(url, study_name, data_dir=Path(data_dir) if data_dir else None, threads=threads)
@@ -219,7 +201,6 @@ def measure(
     workers: int,
     threads: int,
     data_dir: str | None,
-    synchronous: str | None = None,
 ) -> Outcome:
     import optuna
 
@@ -233,10 +214,7 @@ def measure(
     create_or_resume(storage, definition)
     context = mp.get_context("spawn")
     results = context.Queue()
-    processes = [
-        context.Process(target=_worker, args=(url, name, threads, data_dir, synchronous, results))
-        for _ in range(workers)
-    ]
+    processes = [context.Process(target=_worker, args=(url, name, threads, data_dir, results)) for _ in range(workers)]
     try:
         for process in processes:
             process.start()
@@ -314,11 +292,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="PostgreSQL URL (default: env LRSEARCH_TEST_POSTGRES or the local server)",
     )
     parser.add_argument("--skip-postgres", action="store_true")
-    parser.add_argument(
-        "--sqlite-synchronous",
-        choices=("NORMAL", "OFF"),
-        help="also run SQLite with this PRAGMA synchronous (an experiment; lrsearch uses SQLite's default)",
-    )
     args = parser.parse_args(argv)
 
     workers = auto_workers()
@@ -333,13 +306,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         url = f"sqlite:///{Path(folder) / 'bench.db'}"
         outcomes.append(measure("sqlite", url, args.trials, workers, threads, args.data_dir))
         print(outcomes[-1].row(), flush=True)
-    if args.sqlite_synchronous:
-        with tempfile.TemporaryDirectory(prefix="lrsearch-bench-") as folder:
-            url = f"sqlite:///{Path(folder) / 'bench.db'}"
-            mode = args.sqlite_synchronous
-            outcome = measure("sqlite", url, args.trials, workers, threads, args.data_dir, mode)
-            outcomes.append(dataclasses.replace(outcome, backend=f"sqlite, synchronous={mode}"))
-            print(outcomes[-1].row(), flush=True)
     if not args.skip_postgres:
         why = _reachable(args.postgres)
         if why is None:

@@ -146,8 +146,11 @@ def test_the_study_note_names_the_best_feasible_trial_not_the_dashboards_badge(s
         )
     assert study.best_trial.number == 1  # Optuna 5 honours the constraints ...
     assert storage.get_best_trial(study._study_id).number == 0  # ... what the dashboard badges does not
-    code, _, err = lrsearch("dashboard", "--storage", sqlite_url, "--port", "0")  # notes first, then the port
-    assert code == 1 and "--port 0 is not a TCP port" in err
+    with socket.socket() as busy:  # the port is checked before any note is written
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, _, err = lrsearch("dashboard", "--storage", sqlite_url, "--port", str(busy.getsockname()[1]))
+    assert code == 1 and "cannot listen on 127.0.0.1" in err
     note = get_note_from_system_attrs(storage.get_study_system_attrs(study._study_id), None)["body"]
     assert note == ""  # nothing is written before the address is known to work
     from lrsearch.dashboard import refresh_notes
@@ -204,6 +207,7 @@ def test_artifact_folder_defaults_beside_sqlite_and_can_be_set_or_turned_off(
 def test_a_busy_port_is_a_message(sqlite_url: str) -> None:
     from lrsearch.dashboard import check_port
 
+    open_storage(sqlite_url)  # a database to serve
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 import sqlalchemy
 from click.testing import CliRunner
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from conftest import write_study
 from lrsearch.cli import main
@@ -22,10 +26,12 @@ from test_fleet import (
     SLOW,
     _no_leftover_processes,
     assert_exact,
+    count,
     finish,
     lrsearch_process,
     mid_trial,
     process_env,
+    read_trials,
     wait_for,
 )
 
@@ -54,19 +60,24 @@ def pg_url() -> Iterator[str]:
     import psycopg2
 
     server = sqlalchemy.engine.make_url(SERVER)
+    name = f"lrsearch_test_{uuid.uuid4().hex[:12]}"
     try:
-        admin = _connect(server)
+        _admin(server, f'CREATE DATABASE "{name}"')
     except psycopg2.OperationalError as e:
         pytest.skip(f"no PostgreSQL server answers at {mask_url(SERVER)} (set LRSEARCH_TEST_POSTGRES): {e}")
-    admin.autocommit = True  # type: ignore[attr-defined]
-    name = f"lrsearch_test_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cursor:  # type: ignore[attr-defined]
-        cursor.execute(f'CREATE DATABASE "{name}"')
     try:
         yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
+    finally:  # a new connection: a test may have restarted the server
+        _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin(server: sqlalchemy.URL, statement: str) -> None:
+    admin = _connect(server)
+    admin.autocommit = True  # type: ignore[attr-defined]
+    try:
         with admin.cursor() as cursor:  # type: ignore[attr-defined]
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cursor.execute(statement)
+    finally:
         admin.close()  # type: ignore[attr-defined]
 
 
@@ -118,3 +129,78 @@ def test_workers_survive_dropped_connections(tmp_path: Path, pg_url: str, proces
     assert dropped >= 3
     assert code == 0, err
     assert_exact(pg_url, total)
+
+
+# --- the server going away ---------------------------------------------------------------------------------
+
+
+def _local_cluster(port: int) -> tuple[str, str] | None:
+    """(version, name) of the Debian/Ubuntu PostgreSQL cluster on this port (pg_lsclusters), if there is one."""
+    if shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
+        return None
+    listed = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=False).stdout
+    for line in listed.splitlines():
+        version, name, cluster_port, *_ = line.split()
+        if cluster_port == str(port):
+            return version, name
+    return None
+
+
+def _pg_ctlcluster(cluster: tuple[str, str], action: str, *options: str) -> None:
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, action, *options]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+def _wait_until_ready(url: sqlalchemy.URL, timeout: float = 120) -> None:
+    command = ["pg_isready", "-h", url.host or "127.0.0.1", "-p", str(url.port or 5432), "-t", "2"]
+    deadline = time.monotonic() + timeout
+    while subprocess.run(command, capture_output=True, check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"PostgreSQL did not come back within {timeout:.0f}s"
+        time.sleep(0.5)
+
+
+def _epochs(trial: FrozenTrial) -> set[int]:
+    return {r["epoch"] for r in trial.user_attrs["history"] if math.isfinite(r["train_loss"])}
+
+
+def test_workers_wait_for_a_server_restart_and_lose_nothing(
+    tmp_path: Path, pg_url: str, process_env: dict[str, str]
+) -> None:
+    server = sqlalchemy.engine.make_url(SERVER)
+    cluster = _local_cluster(server.port or 5432)
+    if cluster is None or server.host not in ("127.0.0.1", "localhost"):
+        pytest.skip("needs pg_ctlcluster/pg_lsclusters and the test server in a cluster of this host")
+    if os.geteuid() != 0:
+        pytest.skip("stopping and starting the PostgreSQL cluster needs root")
+    total = 8
+    study = write_study(tmp_path, SLOW.format(samples=6000), trials=total, epochs=3)
+    # Retry far longer than the outage; a grace period above it, so that no live trial is taken for dead.
+    env = dict(process_env, LRSEARCH_STORAGE_RETRY_SECONDS="180", LRSEARCH_HEARTBEAT_GRACE="120")
+    process = lrsearch_process(env, "start", str(study), "--storage", pg_url, "--workers", "3")
+    wait_for(lambda: _finished_and_running(pg_url), 120, "a finished trial and a running one")
+    finished_before = {t.number: t for t in read_trials(pg_url) if t.state.is_finished()}
+    try:
+        _pg_ctlcluster(cluster, "stop", "-m", "fast")
+        time.sleep(8)  # the workers train on, and their database calls fail and wait
+    finally:
+        _pg_ctlcluster(cluster, "start")
+        _wait_until_ready(server)
+    code, err = finish(process, timeout=300)
+    assert code == 0, err
+    assert "storage error in" in err and "retrying in" in err  # the outage was seen, and waited out
+    trials = assert_exact(pg_url, total)
+    assert count(trials)["FAIL"] == 0, count(trials)  # no trial was lost or run twice
+    for trial in trials:
+        assert set(trial.intermediate_values) == _epochs(trial), trial.number  # every epoch it reported is stored
+    for number, before in finished_before.items():
+        assert trials[number].values == before.values and trials[number].state == before.state
+        assert trials[number].intermediate_values == before.intermediate_values
+
+
+def _finished_and_running(url: str) -> bool:
+    try:
+        trials = read_trials(url)
+    except (KeyError, optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):  # not created yet
+        return False
+    running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+    return bool(running) and any(t.state.is_finished() for t in trials)

@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,6 +106,12 @@ device_option = click.option(
 )
 @click.option("--gpus", help="GPU ids, e.g. 0,1,2,3: --per-gpu workers per GPU, each pinned to it.")
 @click.option("--per-gpu", type=int, default=1, show_default=True, help="Workers per GPU listed in --gpus.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the study file, the options, the workers, the storage, the objective and its data, print "
+    "what would run, and stop: no trial runs and no study is created.",
+)
 @_errors_to_exit_codes
 def start(
     study_file: Path | None,
@@ -114,6 +121,7 @@ def start(
     workers: str | None,
     gpus: str | None,
     per_gpu: int,
+    dry_run: bool,
     **overrides: Any,
 ) -> None:
     """Create or resume a study and run it until it has --trials finished trials.
@@ -124,12 +132,19 @@ def start(
     """
     from lrsearch.fleet import plan_workers
     from lrsearch.storage import open_storage
-    from lrsearch.study import budget
+    from lrsearch.study import budget, create_or_resume
+    from lrsearch.worker import pick_device
 
     layout = (workers, gpus, per_gpu, device)
     plan_workers(*layout, remaining=sys.maxsize)  # a bad layout is refused before the database is touched
-    db = open_storage(storage)
-    study, definition = _create_or_resume(db, study_file, overrides, data_dir=data_dir, check_data=True)
+    if gpus is None:
+        pick_device(device)  # a device this host does not have, before a study is made for it
+    plan = _resolve(storage, study_file, overrides, data_dir=data_dir, check_data=True)
+    if dry_run:
+        _echo_plan(storage, plan, layout)
+        return
+    definition = plan.definition
+    study = create_or_resume(plan.db or open_storage(storage), definition)
     specs = plan_workers(*layout, remaining=definition.trials - budget(study, definition.trials).finished)
     if len(specs) == 1 and specs[0].gpu is None:
         _run_start(storage, study.study_name, definition.trials, specs[0].device, data_dir)
@@ -137,34 +152,79 @@ def start(
         _run_fleet(storage, study, definition.trials, data_dir, specs)
 
 
-def _create_or_resume(
-    db: Any,
+@dataclass(frozen=True)
+class _Plan:
+    """What `start` or `create` is about to do: the checked definition, and whether the study exists."""
+
+    definition: Any  # StudyDefinition
+    db: Any  # the opened storage; None for a new SQLite file, which is created only when the study is
+    exists: bool
+
+
+def _resolve(
+    storage: str,
     study_file: Path | None,
     overrides: dict[str, Any],
     *,
     data_dir: Path | None = None,
     check_data: bool = False,
-) -> tuple[Any, Any]:
+) -> _Plan:
+    """Check everything that can be wrong before a study is written: the study file and the flags, a stored
+    definition they must match, and for a new study its objective (and, for `start`, its data). A new SQLite
+    database is not even created: a refused command leaves no file behind."""
     from lrsearch.definition import default_study_file, load_study_file
-    from lrsearch.objective import load_data, load_objective
-    from lrsearch.study import create_or_resume, load, study_names
+    from lrsearch.storage import is_new_database, open_storage
+    from lrsearch.study import check_resumable, load, study_names
 
     overrides["name"] = overrides.pop("study_name")
     base = load_study_file(study_file or default_study_file())
+    problem: ConfigError | None = None
+    try:
+        definition = base.with_overrides(**overrides)
+    except ConfigError as e:
+        if study_file is not None:
+            raise
+        definition, problem = base, e  # the flags may still suit a stored study of that name: see below
+    db = None if is_new_database(storage) else open_storage(storage)
     name = overrides["name"] or base.name
-    exists = name in study_names(db)
-    if study_file is None and exists:
-        base = load(db, name)[1]  # resume with what is stored; only the flags given change it
-    definition = base.with_overrides(**overrides)
-    if not exists:
+    stored = load(db, name)[1] if db is not None and name in study_names(db) else None
+    if stored is not None:
+        if study_file is None:
+            definition = stored.with_overrides(**overrides)  # resume with what is stored; the flags change it
+        check_resumable(stored, definition)
+    elif problem is not None:
+        raise problem
+    else:
         # A study is created only once its objective (and, for `start`, its data) is known to load: a bad
         # module:attr or a missing data folder leaves no empty study behind.
-        objective = load_objective(definition.objective, definition.objective_options)
-        if check_data:
-            import torch
+        _check_objective(definition, data_dir, check_data=check_data)
+    return _Plan(definition, db, exists=stored is not None)
 
-            load_data(objective, definition.objective, torch.device("cpu"), data_dir)
-    return create_or_resume(db, definition), definition
+
+def _check_objective(definition: Any, data_dir: Path | None, *, check_data: bool) -> None:
+    from lrsearch.objective import load_data, load_objective
+
+    objective = load_objective(definition.objective, definition.objective_options)
+    if check_data:
+        import torch
+
+        load_data(objective, definition.objective, torch.device("cpu"), data_dir)
+
+
+def _echo_plan(storage: str, plan: _Plan, layout: tuple[str | None, str | None, int, str]) -> None:
+    """`start --dry-run`: what would run, on stdout."""
+    from lrsearch.fleet import plan_workers
+    from lrsearch.study import budget, load
+
+    definition, finished = plan.definition, 0
+    if plan.exists:
+        finished = budget(load(plan.db, definition.name)[0], definition.trials).finished
+    specs = plan_workers(*layout, remaining=definition.trials - finished)
+    state = f"exists, {finished} of its trials finished" if plan.exists else "new, start would create it"
+    click.echo(f"dry run: nothing was run or written. Study '{definition.name}' in {mask_url(storage)}: {state}")
+    click.echo(f"{definition.trials} trials of {definition.epochs} epochs, objective {definition.objective}")
+    click.echo(f"{len(specs)} worker{'s' * (len(specs) != 1)}: " + "; ".join(s.describe() for s in specs))
+    click.echo("definition (every default written out):\n" + json.dumps(definition.to_table(), indent=2))
 
 
 def _run_start(storage: str, study_name: str, total: int, device: str, data_dir: Path | None) -> None:
@@ -212,10 +272,11 @@ def create(study_file: Path | None, storage: str, **overrides: Any) -> None:
     Running it again is harmless; --trials changes the budget of an existing study.
     """
     from lrsearch.storage import open_storage
-    from lrsearch.study import budget
+    from lrsearch.study import budget, create_or_resume
 
-    study, definition = _create_or_resume(open_storage(storage), study_file, overrides)
-    state, name = budget(study, definition.trials), study.study_name
+    plan = _resolve(storage, study_file, overrides)
+    study = create_or_resume(plan.db or open_storage(storage), plan.definition)
+    state, name = budget(study, plan.definition.trials), study.study_name
     click.echo(
         f"study '{name}' in {mask_url(storage)}: {state.finished}/{state.total} trials finished; run "
         f"workers with: lrsearch worker --study-name {name}",
@@ -245,10 +306,12 @@ def worker(
     the same --storage URL as the other workers (a PostgreSQL URL across hosts).
     """
     from lrsearch.progress import Progress
-    from lrsearch.storage import open_storage
+    from lrsearch.storage import open_storage, require_database
     from lrsearch.study import budget, load, stored_total
-    from lrsearch.worker import run_worker, worker_id
+    from lrsearch.worker import pick_device, run_worker, worker_id
 
+    require_database(storage)  # a SQLite file must be there; a PostgreSQL server still starting is waited for
+    pick_device(device)
     name = study_name or _study_name(open_storage(storage), None)
     progress = None if quiet else Progress(0, started=time.monotonic())
     if progress is not None:
@@ -297,7 +360,7 @@ def _open(storage: str, study_name: str | None) -> tuple[Any, Any]:
     from lrsearch.storage import open_storage
     from lrsearch.study import load
 
-    db = open_storage(storage)
+    db = open_storage(storage, must_exist=True)
     return load(db, _study_name(db, study_name))
 
 
@@ -335,7 +398,7 @@ def trials(storage: str, study_name: str | None, as_json: bool) -> None:
     show_default=True,
     help="Address to bind. The dashboard has no login and can delete studies.",
 )
-@click.option("--port", default=8080, show_default=True, type=int, help="TCP port.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="TCP port.")
 @click.option(
     "--artifact-dir",
     envvar="LRSEARCH_ARTIFACT_DIR",
@@ -380,7 +443,7 @@ def studies(storage: str, as_json: bool) -> None:
     from lrsearch.results import study_rows
     from lrsearch.storage import open_storage
 
-    rows = study_rows(open_storage(storage))
+    rows = study_rows(open_storage(storage, must_exist=True))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     for row in rows if not as_json else []:

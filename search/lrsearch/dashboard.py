@@ -43,7 +43,7 @@ def serve(
     """Serve optuna-dashboard until Ctrl-C."""
     from optuna_dashboard import run_server
 
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, must_exist=True)  # not a new, empty database for a mistyped URL
     if host not in LOOPBACK:
         echo(
             f"warning: binding {host}: optuna-dashboard has no authentication and its routes can change and "

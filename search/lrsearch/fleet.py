@@ -109,10 +109,11 @@ def plan_workers(
     device: str,
     remaining: int,
     *,
-    gpu_count: Callable[[], int] = cuda_device_count,
+    gpu_count: Callable[[], int] | None = None,
     cores: int | None = None,
 ) -> list[WorkerSpec]:
     """The worker processes for `start`: --workers N|auto, or --gpus ids with --per-gpu M each."""
+    gpu_count = gpu_count or cuda_device_count  # looked up when called, so that a test can fake the count
     cores = cores or usable_cores()
     if per_gpu < 1:
         raise ConfigError(f"--per-gpu {per_gpu}: give 1 or more workers per GPU")

@@ -9,12 +9,14 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lrsearch.errors import StorageError
+from lrsearch.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     import optuna
+    import sqlalchemy
 
 DEFAULT_STORAGE = "sqlite:///lrsearch.db"
 # A worker's trial is declared dead when no heartbeat came for GRACE seconds; then it is failed and run again.
@@ -25,6 +27,10 @@ SQLITE_BUSY_TIMEOUT = 60  # seconds a writer waits for the lock before SQLite gi
 # restarting) with backoff for this long, then gives up with a StorageError.
 STORAGE_RETRY_SECONDS = float(os.environ.get("LRSEARCH_STORAGE_RETRY_SECONDS", "300"))
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 15.0
+# Seconds to wait for a PostgreSQL server to answer a new connection (psycopg2 waits for the OS otherwise: minutes
+# for a host that drops packets). A URL's own ?connect_timeout= wins.
+CONNECT_TIMEOUT = 10
+URL_EXAMPLES = "e.g. sqlite:///lrsearch.db or postgresql+psycopg2://user:password@host:5432/dbname"
 
 # "Operational" errors that waiting does not fix: a wrong URL, password, database name or path.
 _PERMANENT = (
@@ -168,16 +174,57 @@ def retry_seconds_of(storage: optuna.storages.BaseStorage) -> float:
     return float(getattr(backend, "retry_seconds", 0.0))
 
 
-def open_storage(url: str, *, retry_seconds: float = 0.0) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, retry_seconds: float = 0.0, must_exist: bool = False) -> optuna.storages.RDBStorage:
     """An RDBStorage for `url`, with heartbeats and retry of dead workers' trials.
 
     With `retry_seconds` (workers do this), a database call that fails for a transient reason (lock timeout,
     dropped connection, server restarting) is tried again with backoff for that long; then StorageError.
+    With `must_exist` (commands that only read), a SQLite file that is not there is an error, not a new database.
     """
+    if must_exist:
+        require_database(url)
     if retry_seconds:
         opening = functools.partial(_open_storage, url, retry_seconds)
         return retry_transient(opening, "opening the storage", retry_seconds, mask_url(url))
     return _open_storage(url, 0.0)
+
+
+def parse_url(url: str) -> sqlalchemy.URL:
+    """The parsed storage URL; a malformed one is a ConfigError that shows it with its password masked."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
+        problem = "its port is not a number" if isinstance(e, ValueError) else "it is not a SQLAlchemy URL"
+        raise ConfigError(f"storage URL '{mask_url(url)}': {problem}; use {URL_EXAMPLES}") from None
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other databases and for an in-memory one)."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(os.path.abspath(parsed.database))
+
+
+def is_new_database(url: str) -> bool:
+    """True for a SQLite URL whose file does not exist yet: it holds no study, and opening it would create it.
+    Its folder must exist."""
+    file = sqlite_file(url)
+    if file is not None and not file.parent.is_dir():
+        raise ConfigError(f"storage '{mask_url(url)}': folder {file.parent} does not exist; create it or fix the path")
+    return file is not None and not file.exists()
+
+
+def require_database(url: str) -> None:
+    """A SQLite URL must name an existing file: a typo in --storage must not create an empty database."""
+    file = sqlite_file(url)
+    if file is not None and not file.is_file():
+        raise ConfigError(
+            f"storage '{mask_url(url)}': the database file {file} does not exist; check --storage (or "
+            "LRSEARCH_STORAGE), or create a study there first with lrsearch start or lrsearch create"
+        )
 
 
 def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
@@ -185,35 +232,32 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
     import sqlalchemy
 
     shown = mask_url(url)
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise StorageError(
-            f"storage URL '{shown}' is not a SQLAlchemy URL; use e.g. sqlite:///lrsearch.db or "
-            "postgresql+psycopg2://user:password@host:5432/dbname"
-        ) from None
+    parsed = parse_url(url)
     engine_kwargs: dict[str, object] = {}
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
-        if parsed.database and parsed.database != ":memory:":
-            folder = os.path.dirname(os.path.abspath(parsed.database))
-            if not os.path.isdir(folder):
-                raise StorageError(f"storage '{shown}': folder {folder} does not exist; create it or fix the path")
+        is_new_database(url)  # its folder exists
     else:
         engine_kwargs["pool_pre_ping"] = True  # survive a server restart between two uses of a pooled connection
+        if parsed.get_driver_name() == "psycopg2" and "connect_timeout" not in parsed.query:
+            engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     try:
         storage = _new_storage(url, engine_kwargs)
         if parsed.get_backend_name() == "sqlite":
             _tune_sqlite(storage.engine)
-    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError):
+        driver = f"{parsed.get_backend_name()} driver '{parsed.get_driver_name()}'"
         raise StorageError(
-            f"storage '{shown}': the database driver is not installed ({e}); for PostgreSQL run "
-            "pip install 'lrsearch[postgres]' (psycopg2-binary)"
+            f"storage '{shown}': the {driver} is not installed (or not known to SQLAlchemy); install it, or for "
+            "PostgreSQL use postgresql+psycopg2://... after pip install 'lrsearch[postgres]' (psycopg2-binary)"
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
         if retry_seconds and is_transient(e):
             raise  # retry_transient tries again
-        raise StorageError(f"cannot open storage '{shown}': {first_line(e)}") from None
+        raise StorageError(
+            f"cannot open storage '{shown}': {first_line(e)}; check that the database server runs and that the "
+            "URL (host, port, user, password, database) is right"
+        ) from None
     storage.retry_seconds, storage.shown_url = retry_seconds, shown  # type: ignore[attr-defined]
     return storage
 

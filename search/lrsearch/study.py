@@ -53,13 +53,7 @@ def create_or_resume(
     except optuna.exceptions.DuplicatedStudyError:
         study, stored = load(storage, definition.name)
         if compare:
-            conflicts = stored.differences(definition)
-            if conflicts:
-                raise ConfigError(
-                    f"study '{definition.name}' already exists with a different definition "
-                    f"(differs in: {', '.join(conflicts)}); resume it with the same settings, or start a new study "
-                    "with --study-name"
-                ) from None
+            check_resumable(stored, definition)
         if stored.trials != definition.trials:
             study.set_user_attr(DEFINITION_ATTR, stored.with_overrides(trials=definition.trials).to_json())
         return study
@@ -72,6 +66,17 @@ def create_or_resume(
         optuna.delete_study(study_name=definition.name, storage=storage)  # no half-made study stays behind
         raise
     return study
+
+
+def check_resumable(stored: StudyDefinition, definition: StudyDefinition) -> None:
+    """The stored study may be resumed with `definition`: they differ in the trial budget at most."""
+    conflicts = stored.differences(definition)
+    if conflicts:
+        raise ConfigError(
+            f"study '{definition.name}' already exists with a different definition "
+            f"(differs in: {', '.join(conflicts)}); resume it with the same settings, or start a new study "
+            "with --study-name"
+        )
 
 
 def load(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyDefinition]:
@@ -160,4 +165,4 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
 
 
-__all__ = ["Budget", "create_or_resume", "load", "budget", "stored_total", "mask_url"]
+__all__ = ["Budget", "create_or_resume", "check_resumable", "load", "budget", "stored_total", "mask_url"]

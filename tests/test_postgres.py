@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from conftest import write_study
 from lrsearch.cli import main
-from lrsearch.storage import mask_url
+from lrsearch.storage import mask_url, open_storage
 from test_fleet import (
     SLOW,
     _no_leftover_processes,
@@ -204,3 +204,12 @@ def _finished_and_running(url: str) -> bool:
         return False
     running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
     return bool(running) and any(t.state.is_finished() for t in trials)
+
+
+def test_lrsearch_sessions_commit_without_waiting_for_the_disk(pg_url: str) -> None:
+    storage = open_storage(pg_url)
+    with storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    own = open_storage(pg_url + "?options=-c%20synchronous_commit%3Don")  # the URL's own setting wins
+    with own.engine.connect() as connection:
+        assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"

@@ -239,8 +239,8 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
         is_new_database(url)  # its folder exists
     else:
         engine_kwargs["pool_pre_ping"] = True  # survive a server restart between two uses of a pooled connection
-        if parsed.get_driver_name() == "psycopg2" and "connect_timeout" not in parsed.query:
-            engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        if parsed.get_driver_name() == "psycopg2":
+            engine_kwargs["connect_args"] = _postgres_connect_args(parsed)
     try:
         storage = _new_storage(url, engine_kwargs)
         if parsed.get_backend_name() == "sqlite":
@@ -260,6 +260,20 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
         ) from None
     storage.retry_seconds, storage.shown_url = retry_seconds, shown  # type: ignore[attr-defined]
     return storage
+
+
+def _postgres_connect_args(parsed: sqlalchemy.URL) -> dict[str, object]:
+    """A connect timeout, and synchronous_commit=off for lrsearch's own sessions: a commit then returns before
+    the server has flushed its log to disk (one attribute write to a local server: about 9 ms -> 3 ms; see
+    benchmarks/storage_overhead.py for a whole trial). A crashed or killed worker still loses nothing; a crash of
+    the server itself may lose the last fraction of a second of commits, never the database's consistency.
+    Settings given in the URL (?connect_timeout=, ?options=) win."""
+    args: dict[str, object] = {}
+    if "connect_timeout" not in parsed.query:
+        args["connect_timeout"] = CONNECT_TIMEOUT
+    if "options" not in parsed.query:
+        args["options"] = "-c synchronous_commit=off"
+    return args
 
 
 def _tune_sqlite(engine: Any) -> None:

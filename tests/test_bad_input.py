@@ -29,18 +29,10 @@ import lrsearch.storage
 import lrsearch.worker
 from conftest import REPO, TESTS, write_study
 from lrsearch.cli import main
+from test_cli import FEASIBLE
 
 # The existing study every case runs against (the study file given to `start` is this one, unchanged).
-STUDY = """
-[targets]
-min_val = 0.2
-max_train = 1.0
-
-[space]
-optimizers = ["sgd"]
-schedulers = ["constant", "cosine"]
-lr = [0.02, 0.1]
-"""
+STUDY = FEASIBLE
 PASSWORD = "secret"
 UNREACHABLE = f"postgresql+psycopg2://postgres:{PASSWORD}@127.0.0.1:1/test"  # nothing listens on port 1
 NEEDS_PSYCOPG2 = pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None, reason="psycopg2 is not installed")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.definition import StudyDefinition
+from lrsearch.storage import set_user_attrs
 
 if TYPE_CHECKING:
     import optuna
@@ -102,9 +103,8 @@ def _publish(trial: optuna.Trial, definition: StudyDefinition, *, complete: bool
     history: list[dict[str, Any]] = list(attrs.get("history", []))
     feasible = complete and bool(attrs.get("feasible"))
     attrs[SCORE_ATTR] = float(attrs["val_acc"]) if feasible else 0.0
-    trial.set_user_attr(SCORE_ATTR, attrs[SCORE_ATTR])
-    for key in CURVES:
-        trial.set_user_attr(f"curve_{key}", [_short(row.get(key)) for row in history])
+    curves = {f"curve_{key}": [_short(row.get(key)) for row in history] for key in CURVES}
+    set_user_attrs(trial, {SCORE_ATTR: attrs[SCORE_ATTR], **curves})
     folder = artifact_dir(storage_url_of(trial.storage))
     uploaded = []
     if folder is not None:

@@ -12,6 +12,7 @@ from lrsearch.objective import Objective, TrainingData
 from lrsearch.publish import publish_trial
 from lrsearch.records import EpochRecord
 from lrsearch.scoring import EpochSelector
+from lrsearch.storage import set_user_attrs
 from lrsearch.training import steps_per_epoch, train
 
 _logger = logging.getLogger(__name__)
@@ -34,10 +35,15 @@ class TrialRunner:
         strategy = definition.space.sample(trial, definition.epochs)
         # A retried trial keeps its seed (user attributes are copied to the retry).
         seed = int(trial.user_attrs.get("seed", trial_seed(definition.seed, trial.number)))
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("strategy", strategy.describe())
-        trial.set_user_attr("steps_per_epoch", steps_per_epoch(self.data, self.objective.batch_size))
-        trial.set_user_attr("device", str(self.data.train_inputs.device))
+        set_user_attrs(
+            trial,
+            {
+                "seed": seed,
+                "strategy": strategy.describe(),
+                "steps_per_epoch": steps_per_epoch(self.data, self.objective.batch_size),
+                "device": str(self.data.train_inputs.device),
+            },
+        )
 
         selector = EpochSelector(definition.targets)
         history: list[dict[str, float]] = []
@@ -74,9 +80,12 @@ class TrialRunner:
     def _summarise(trial: optuna.Trial, selector: EpochSelector, stop_reason: str) -> EpochRecord:
         chosen = selector.chosen
         assert chosen is not None, "a trial reports at least one epoch"
-        trial.set_user_attr("feasible", selector.feasible(chosen))
-        trial.set_user_attr("val_acc", chosen.val_acc)
-        trial.set_user_attr("train_acc", chosen.train_acc)
-        trial.set_user_attr("epoch", chosen.epoch)
-        trial.set_user_attr("stop_reason", stop_reason)
+        summary = {
+            "feasible": selector.feasible(chosen),
+            "val_acc": chosen.val_acc,
+            "train_acc": chosen.train_acc,
+            "epoch": chosen.epoch,
+            "stop_reason": stop_reason,
+        }
+        set_user_attrs(trial, summary)
         return chosen

@@ -105,7 +105,7 @@ def instrument(clock: Clock) -> dict[str, float]:
         name for name in dir(BaseStorage) if not name.startswith("__") and callable(getattr(BaseStorage, name))
     ]
     for cls in (RDBStorage, lrsearch.storage._retrying_storage_class(), cached._CachedStorage):
-        for name in {*interface, "record_heartbeat", "_get_stale_trial_ids"}:
+        for name in {*interface, "record_heartbeat", "_get_stale_trial_ids", "set_trial_user_attrs"}:
             if name in cls.__dict__:
                 setattr(cls, name, _timed(cls.__dict__[name], clock, name))
     # Module attributes that the worker looks up at call time.

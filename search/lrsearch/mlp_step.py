@@ -3,7 +3,7 @@
 For a model that is an `nn.Sequential` of `Linear`, `ReLU` (and a leading `Flatten`) trained with the
 default cross-entropy loss, `MLPStep` computes the forward pass, the loss and every parameter's gradient
 directly, as `loss.backward()` would (the same operations up to float rounding), without building an autograd
-graph. On a CPU core that saves about a fifth of the default objective's step: autograd's bookkeeping, and a
+graph. On a CPU core that saves about a sixth of the default objective's step: autograd's bookkeeping, and a
 weight-gradient matmul that autograd runs on a transposed layout at half the speed (benchmarks/epoch_speed.py
 compares both). Any other model or loss is trained by autograd, unchanged.
 """

@@ -117,7 +117,9 @@ def make_sampler(definition: StudyDefinition) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         # group=True is marked experimental; it splits the conditional space by family, which is what we need.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(multivariate=True, group=True, **options)
+        from lrsearch.sampler import OneReadTPESampler
+
+        return OneReadTPESampler(multivariate=True, group=True, **options)
 
 
 def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:

@@ -5,6 +5,7 @@ Used by tests as `synthetic_objective:Synthetic` (the tests folder is on the imp
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -32,3 +33,17 @@ class Synthetic(Objective):
         train_x, train_y = draw(self.samples)
         val_x, val_y = draw(self.samples // 4)
         return TrainingData(train_x, train_y, val_x, val_y)
+
+
+class SlowSynthetic(Synthetic):
+    """Synthetic whose every training step takes at least `step_seconds` longer (a sleep: no CPU is used), for
+    tests that must catch a trial half-way however fast the machine trains. Having its own loss, it is trained by
+    autograd, not by the hand-derived MLP step."""
+
+    def __init__(self, *, samples: int = 2000, batch_size: int = 64, noise: float = 2.0, step_seconds: float = 0.002):
+        super().__init__(samples=samples, batch_size=batch_size, noise=noise)
+        self.step_seconds = step_seconds
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.step_seconds)
+        return super().loss(outputs, targets)

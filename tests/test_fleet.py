@@ -36,7 +36,7 @@ from lrsearch.fleet import WorkerSpec, plan_workers, worker_command
 from lrsearch.study import VOID_ATTR
 
 GRACE = 5
-SLOW = '[objective]\nname = "synthetic_objective:Synthetic"\nsamples = {samples}\n\n[pruner]\nname = "none"\n'
+SLOW = '[objective]\nname = "synthetic_objective:SlowSynthetic"\nsamples = {samples}\n\n[pruner]\nname = "none"\n'
 
 
 # --- helpers shared with test_postgres --------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_mnist_study_loads() -> None:
     assert definition.objective == "mnist_mlp" and definition.objective_options == {"validation": "test"}
     assert definition.targets == Targets(0.90, 0.95, "eval", 2)
     assert definition.sampler == Component("tpe", {"n_startup_trials": 10})
-    assert definition.pruner == Component("feasible", {"n_startup_trials": 5, "n_warmup_steps": 2})
+    assert definition.pruner == Component("feasible", {"n_startup_trials": 5, "n_warmup_steps": 2, "percentile": 25.0})
     assert list(definition.space.optimizers) == ["sgd", "adam", "adamw", "rmsprop", "adagrad"]
     assert len(definition.space.schedulers) == 10
     assert definition.space.lr == FloatRange(1e-4, 1.0, log=True, minimum=1e-8, maximum=100.0)
@@ -176,6 +176,7 @@ def test_differences_ignores_trials() -> None:
         "pruner.n_startup_trials",
         "pruner.n_warmup_steps",
         "pruner.name",
+        "pruner.percentile",
         "study.epochs",
         "targets.max_train",
     ]
@@ -233,6 +234,7 @@ def test_not_utf8(tmp_path: Path) -> None:
             "[pruner]\nname = 'none'\nn_warmup_steps = 2\n",
             "[pruner] unknown key 'n_warmup_steps'; accepted: name",
         ),
+        ("[pruner]\npercentile = 150\n", "[pruner] percentile: 150.0 is not accepted; use a value in [0, 100]"),
         (
             "[pruner]\nname = 'halving'\nwarmup = 1\n",
             "[pruner] unknown key 'warmup'; accepted: name, min_resource, redu",

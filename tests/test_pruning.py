@@ -5,7 +5,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lrsearch.definition import Targets
-from lrsearch.pruning import FeasibleMedianPruner
+from lrsearch.pruning import FeasiblePercentilePruner, percentile
 
 TARGETS = Targets(min_val=0.90, max_train=0.95)
 
@@ -59,24 +59,24 @@ STUCK = epochs((0.11, 0.11), (0.11, 0.11), (0.11, 0.11))
 def test_keeps_the_slow_feasible_trial_that_optunas_median_pruner_would_cut() -> None:
     study = study_with([OVERFIT] * 5)
     assert optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2).prune(study, running(SLOW_FEASIBLE))
-    assert not FeasibleMedianPruner(TARGETS).prune(study, running(SLOW_FEASIBLE))
+    assert not FeasiblePercentilePruner(TARGETS).prune(study, running(SLOW_FEASIBLE))
 
 
 def test_prunes_a_trial_below_the_feasible_median() -> None:
     study = study_with([SLOW_FEASIBLE] * 5)
-    assert FeasibleMedianPruner(TARGETS).prune(study, running(STUCK))
-    assert not FeasibleMedianPruner(TARGETS).prune(study, running(SLOW_FEASIBLE))
+    assert FeasiblePercentilePruner(TARGETS).prune(study, running(STUCK))
+    assert not FeasiblePercentilePruner(TARGETS).prune(study, running(SLOW_FEASIBLE))
 
 
 @pytest.mark.parametrize(("finished", "warmup", "epochs_run"), [(4, 2, 3), (5, 3, 3), (5, 2, 2)])
 def test_waits_for_startup_trials_and_warmup_epochs(finished: int, warmup: int, epochs_run: int) -> None:
     study = study_with([SLOW_FEASIBLE] * finished)
-    pruner = FeasibleMedianPruner(TARGETS, n_startup_trials=5, n_warmup_steps=warmup)
+    pruner = FeasiblePercentilePruner(TARGETS, n_startup_trials=5, n_warmup_steps=warmup)
     assert not pruner.prune(study, running(STUCK[:epochs_run]))
 
 
 def test_a_stopped_complete_trial_keeps_its_score_a_pruned_one_does_not() -> None:
-    pruner = FeasibleMedianPruner(TARGETS)
+    pruner = FeasiblePercentilePruner(TARGETS)
     complete = study_with([SLOW_FEASIBLE[:2]]).trials[0]
     pruned = study_with([SLOW_FEASIBLE[:2]], TrialState.PRUNED).trials[0]
     assert pruner.score(complete, 3) == pytest.approx(0.91)
@@ -89,10 +89,27 @@ def test_reads_the_finished_trials_once_per_pruned_trial(monkeypatch: pytest.Mon
     reads = []
     get_trials = study.get_trials
     monkeypatch.setattr(study, "get_trials", lambda **kwargs: reads.append(kwargs) or get_trials(**kwargs))
-    pruner = FeasibleMedianPruner(TARGETS)
+    pruner = FeasiblePercentilePruner(TARGETS)
     for number, history, pruned in [(7, STUCK * 2, True), (8, SLOW_FEASIBLE * 2, False)]:
         for epoch in (3, 4, 5):
             trial = running(epochs(*((row["val_acc"], row["train_acc"]) for row in history[:epoch])))
             trial.number = number
             assert pruner.prune(study, trial) is pruned
     assert len(reads) == 2  # one per trial, not one per epoch
+
+
+def test_prunes_below_the_percentile_not_below_the_median() -> None:
+    slower = epochs((0.85, 0.85), (0.88, 0.88), (0.90, 0.90))
+    study = study_with([STUCK, slower, SLOW_FEASIBLE, SLOW_FEASIBLE, SLOW_FEASIBLE])
+    # the others' scores at epoch 3: -0.79, 0.90, 0.935, 0.935, 0.935: 25th percentile 0.90, median 0.935
+    rising = running(epochs((0.80, 0.80), (0.88, 0.88), (0.915, 0.915)))
+    assert not FeasiblePercentilePruner(TARGETS).prune(study, rising)  # the default, 25
+    assert FeasiblePercentilePruner(TARGETS, percentile=50).prune(study, rising)
+    assert FeasiblePercentilePruner(TARGETS).prune(study, running(STUCK))
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == pytest.approx(2.5)
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 25) == 2.0
+    assert percentile([7.0], 25) == 7.0
+    assert (percentile([1.0, 9.0], 0), percentile([1.0, 9.0], 100)) == (1.0, 9.0)

@@ -20,7 +20,7 @@ from lrsearch.space import SearchSpace
 
 SAMPLERS: dict[str, dict[str, type]] = {"tpe": {"n_startup_trials": int}, "random": {}}
 PRUNERS: dict[str, dict[str, type]] = {
-    "feasible": {"n_startup_trials": int, "n_warmup_steps": int},
+    "feasible": {"n_startup_trials": int, "n_warmup_steps": int, "percentile": float},
     "median": {"n_startup_trials": int, "n_warmup_steps": int},
     "halving": {"min_resource": int, "reduction_factor": int},
     "hyperband": {"min_resource": int, "reduction_factor": int},
@@ -29,9 +29,10 @@ PRUNERS: dict[str, dict[str, type]] = {
 # Options a sampler or pruner gets when the study file does not set them.
 OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "tpe": {"n_startup_trials": 10},
-    "feasible": {"n_startup_trials": 5, "n_warmup_steps": 2},
+    "feasible": {"n_startup_trials": 5, "n_warmup_steps": 2, "percentile": 25.0},
     "median": {"n_startup_trials": 5, "n_warmup_steps": 2},
 }
+_OPTION_CHECKS: dict[str, tuple[Any, str]] = {"percentile": (lambda v: 0 <= v <= 100, "use a value in [0, 100]")}
 TRAIN_ACCURACY = ("eval", "running")
 
 
@@ -62,7 +63,7 @@ class StudyDefinition:
     seed: int = 0
     targets: Targets = Targets()
     sampler: Component = Component("tpe", {"n_startup_trials": 10})
-    pruner: Component = Component("feasible", {"n_startup_trials": 5, "n_warmup_steps": 2})
+    pruner: Component = Component("feasible", {"n_startup_trials": 5, "n_warmup_steps": 2, "percentile": 25.0})
 
     def to_table(self) -> dict[str, Any]:
         """The definition as a complete study-file table (every default written out)."""
@@ -182,7 +183,8 @@ def _component(
     options: dict[str, Any] = {}
     for key, kind in registry[name].items():
         if key in reader.values or key in defaults:
-            options[key] = reader.take(key, kind, defaults.get(key), check=lambda v: v >= 0, accepted="it must be >= 0")
+            check, accepted = _OPTION_CHECKS.get(key, (lambda v: v >= 0, "it must be >= 0"))
+            options[key] = reader.take(key, kind, defaults.get(key), check=check, accepted=accepted)
     reader.finish(["name", *registry[name]])
     return Component(name, options)
 

@@ -128,9 +128,9 @@ def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
     options, epochs = dict(definition.pruner.options), definition.epochs
     match definition.pruner.name:
         case "feasible":
-            from lrsearch.pruning import FeasibleMedianPruner
+            from lrsearch.pruning import FeasiblePercentilePruner
 
-            return FeasibleMedianPruner(definition.targets, **options)
+            return FeasiblePercentilePruner(definition.targets, **options)
         case "median":
             return optuna.pruners.MedianPruner(**options)
         case "halving":

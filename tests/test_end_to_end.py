@@ -23,7 +23,7 @@ epochs = 2
 name = "none"
 
 [space]
-optimizers = ["adam", "sgd"]
+optimizers = ["adam", "adamw"]  # each reaches 0.90 in 2 epochs at these LRs (SGD with little momentum may not)
 schedulers = ["constant", "cosine"]
 lr = [0.001, 0.003]
 """

@@ -170,14 +170,9 @@ def test_a_failing_publish_never_fails_the_trial(
         raise OSError("disk full")
 
     monkeypatch.setattr("lrsearch.publish._publish", broken)
-    space = {
-        "optimizers": ["sgd"],
-        "schedulers": ["constant"],
-        "lr": [0.05, 0.05],
-        "warmup": {"epochs": 0},
-        "sgd": {"momentum": 0.9, "nesterov": False},
-    }
-    definition = parse_table({"study": {"epochs": 1}, "space": space}, "test")
+    from test_trial import SGD
+
+    definition = parse_table({"study": {"epochs": 1}, "space": SGD}, "test")
     objective = Synthetic(samples=320)
     study = optuna.create_study(direction="maximize")
     with caplog.at_level(logging.WARNING, logger="lrsearch.publish"):

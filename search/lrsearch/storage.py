@@ -233,12 +233,18 @@ def sqlite_file(url: str) -> Path | None:
     return Path(os.path.abspath(parsed.database))
 
 
-def is_new_database(url: str) -> bool:
-    """True for a SQLite URL whose file does not exist yet: it holds no study, and opening it would create it.
-    Its folder must exist."""
+def check_sqlite_folder(url: str) -> Path | None:
+    """The database file of a SQLite URL (see `sqlite_file`), whose folder must exist."""
     file = sqlite_file(url)
     if file is not None and not file.parent.is_dir():
         raise ConfigError(f"storage '{mask_url(url)}': folder {file.parent} does not exist; create it or fix the path")
+    return file
+
+
+def is_new_database(url: str) -> bool:
+    """True for a SQLite URL whose file does not exist yet: it holds no study, and opening it would create it.
+    Its folder must exist."""
+    file = check_sqlite_folder(url)
     return file is not None and not file.exists()
 
 
@@ -261,7 +267,7 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
     engine_kwargs: dict[str, object] = {}
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
-        is_new_database(url)  # its folder exists
+        check_sqlite_folder(url)
     else:
         engine_kwargs["pool_pre_ping"] = True  # survive a server restart between two uses of a pooled connection
         if parsed.get_driver_name() == "psycopg2":

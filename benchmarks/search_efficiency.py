@@ -3,8 +3,8 @@
 Two methods, each run as real lrsearch studies (the default definition from studies/mnist.toml, created in
 a temporary SQLite database and run by lrsearch.worker.run_worker, the code behind `lrsearch worker`):
 
-- lrsearch: the definition as it is: multivariate TPE that learns from the constraints, median pruning,
-  and the early stop of a trial whose training accuracy stays above the ceiling;
+- lrsearch: the definition as it is: multivariate TPE that learns from the constraints, the feasible pruner
+  (below the 25th percentile), and the early stop of a trial whose training accuracy stays above the ceiling;
 - random: the same definition with Optuna's RandomSampler, no pruning (`none`) and no early stop
   (overfit_patience 0), so every trial trains its full 12 epochs unless its loss diverges.
 

@@ -1,9 +1,9 @@
 """Time spent in the study storage per trial, as a share of trial time, with SQLite and with PostgreSQL.
 
-For each storage, a study of the default definition (studies/mnist.toml: real MNIST, 12 epochs, TPE, median
-pruning, early stop) is created with a budget of --trials trials, and W = auto_workers() worker processes
-(lrsearch.worker.run_worker, threads_per_worker(W) torch threads each: the `--workers auto` policy) run it
-side by side, exactly as `lrsearch start --workers auto` does. Inside each worker:
+For each storage, a study of the default definition (studies/mnist.toml: real MNIST, 12 epochs, TPE, the
+feasible percentile pruner, early stop) is created with a budget of --trials trials, and W = auto_workers() worker
+processes (lrsearch.worker.run_worker, threads_per_worker(W) torch threads each: the `--workers auto` policy) run
+it side by side, exactly as `lrsearch start --workers auto` does. Inside each worker:
 
 - storage time: the wall time of every call into the storage (the methods of Optuna's RDBStorage and of
   the cache Optuna puts in front of it, including lrsearch's retry wrapper), the budget lock (file lock for
@@ -105,7 +105,7 @@ def instrument(clock: Clock) -> dict[str, float]:
         name for name in dir(BaseStorage) if not name.startswith("__") and callable(getattr(BaseStorage, name))
     ]
     for cls in (RDBStorage, lrsearch.storage._retrying_storage_class(), cached._CachedStorage):
-        for name in {*interface, "record_heartbeat", "_get_stale_trial_ids", "set_trial_user_attrs"}:
+        for name in {*interface, "record_heartbeat", "_get_stale_trial_ids", "set_trial_data", "save_study_note"}:
             if name in cls.__dict__:
                 setattr(cls, name, _timed(cls.__dict__[name], clock, name))
     # Module attributes that the worker looks up at call time.

@@ -2,9 +2,15 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import sqlalchemy
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -40,6 +46,53 @@ def write_study(folder: Path, body: str = "", *, name: str = "synthetic", trials
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+SERVER = os.environ.get("LRSEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+def _connect(url: sqlalchemy.URL) -> object:
+    import psycopg2
+
+    return psycopg2.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        dbname=url.database,
+        connect_timeout=3,
+    )
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A new, empty database on the test server; dropped afterwards."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed: pip install 'lrsearch[postgres]'")
+    import psycopg2
+    import sqlalchemy
+
+    from lrsearch.storage import mask_url
+
+    server = sqlalchemy.engine.make_url(SERVER)
+    name = f"lrsearch_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _admin(server, f'CREATE DATABASE "{name}"')
+    except psycopg2.OperationalError as e:
+        pytest.skip(f"no PostgreSQL server answers at {mask_url(SERVER)} (set LRSEARCH_TEST_POSTGRES): {e}")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:  # a new connection: a test may have restarted the server
+        _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin(server: sqlalchemy.URL, statement: str) -> None:
+    admin = _connect(server)
+    admin.autocommit = True  # type: ignore[attr-defined]
+    try:
+        with admin.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.execute(statement)
+    finally:
+        admin.close()  # type: ignore[attr-defined]
 
 
 sys.path.insert(0, str(TESTS))

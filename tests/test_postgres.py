@@ -8,9 +8,7 @@ import shutil
 import subprocess
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -19,9 +17,9 @@ import sqlalchemy
 from click.testing import CliRunner
 from optuna.trial import FrozenTrial, TrialState
 
-from conftest import write_study
+from conftest import SERVER, _connect, write_study
 from lrsearch.cli import main
-from lrsearch.storage import mask_url, open_storage
+from lrsearch.storage import open_storage
 from test_fleet import (
     SLOW,
     _no_leftover_processes,
@@ -36,49 +34,7 @@ from test_fleet import (
 )
 
 __all__ = ["process_env", "_no_leftover_processes"]  # fixtures used here
-SERVER = os.environ.get("LRSEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-def _connect(url: sqlalchemy.URL) -> object:
-    import psycopg2
-
-    return psycopg2.connect(
-        host=url.host,
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        dbname=url.database,
-        connect_timeout=3,
-    )
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A new, empty database on the test server; dropped afterwards."""
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed: pip install 'lrsearch[postgres]'")
-    import psycopg2
-
-    server = sqlalchemy.engine.make_url(SERVER)
-    name = f"lrsearch_test_{uuid.uuid4().hex[:12]}"
-    try:
-        _admin(server, f'CREATE DATABASE "{name}"')
-    except psycopg2.OperationalError as e:
-        pytest.skip(f"no PostgreSQL server answers at {mask_url(SERVER)} (set LRSEARCH_TEST_POSTGRES): {e}")
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:  # a new connection: a test may have restarted the server
-        _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _admin(server: sqlalchemy.URL, statement: str) -> None:
-    admin = _connect(server)
-    admin.autocommit = True  # type: ignore[attr-defined]
-    try:
-        with admin.cursor() as cursor:  # type: ignore[attr-defined]
-            cursor.execute(statement)
-    finally:
-        admin.close()  # type: ignore[attr-defined]
 
 
 def test_four_workers_keep_the_budget_and_every_epoch(tmp_path: Path, pg_url: str, process_env: dict[str, str]) -> None:

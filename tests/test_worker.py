@@ -188,7 +188,7 @@ def test_a_trial_made_while_the_lock_was_lost_is_voided_beyond_the_budget(
 class _SignalledRunner:
     """Samples the trial like the real runner, then receives SIGTERM mid-trial."""
 
-    def __init__(self, definition: Any, *args: Any) -> None:
+    def __init__(self, definition: Any, *args: Any, **kwargs: Any) -> None:
         self.definition = definition
 
     def __call__(self, trial: optuna.Trial) -> float:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.definition import StudyDefinition
-from lrsearch.storage import set_user_attrs
 
 if TYPE_CHECKING:
     import optuna
@@ -98,19 +97,25 @@ def publish_trial(trial: optuna.Trial, definition: StudyDefinition, *, complete:
         )
 
 
+def dashboard_attrs(
+    summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]], *, complete: bool
+) -> dict[str, Any]:
+    """The user attributes for the dashboard's trial table: the score and the per-epoch curves. The trial
+    runner writes them with the trial's summary (`summary`: feasible, val_acc, ...)."""
+    score = float(summary["val_acc"]) if complete and summary.get("feasible") else 0.0
+    return {SCORE_ATTR: score, **{f"curve_{key}": [_short(row.get(key)) for row in history] for key in CURVES}}
+
+
 def _publish(trial: optuna.Trial, definition: StudyDefinition, *, complete: bool) -> None:
     attrs = dict(trial.user_attrs)
     history: list[dict[str, Any]] = list(attrs.get("history", []))
     feasible = complete and bool(attrs.get("feasible"))
-    attrs[SCORE_ATTR] = float(attrs["val_acc"]) if feasible else 0.0
-    curves = {f"curve_{key}": [_short(row.get(key)) for row in history] for key in CURVES}
-    set_user_attrs(trial, {SCORE_ATTR: attrs[SCORE_ATTR], **curves})
     folder = artifact_dir(storage_url_of(trial.storage))
     uploaded = []
     if folder is not None:
         uploaded = _upload_artifacts(trial, folder, history, attrs, definition, plot=complete)
 
-    from optuna_dashboard import save_note
+    from lrsearch.batching import save_note
 
     save_note(trial, trial_note(trial.number, attrs, definition, complete=complete, artifacts=uploaded))
     best = _best_candidate(trial.study, (trial.number, attrs) if feasible else None)
@@ -279,10 +284,9 @@ def study_note(study_name: str, definition: StudyDefinition, best: tuple[int, Ma
 
 
 def write_study_note(study: optuna.Study, text: str) -> None:
-    from optuna_dashboard import get_note, save_note
+    from lrsearch.batching import save_note
 
-    if get_note(study) != text:
-        save_note(study, text)
+    save_note(study, text, only_if_changed=True)
 
 
 def refresh_study_note(study: optuna.Study, definition: StudyDefinition) -> None:

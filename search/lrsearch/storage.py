@@ -8,7 +8,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -163,34 +163,13 @@ def _retrying_storage_class() -> type[optuna.storages.RDBStorage]:
 
         return wrapper
 
+    from lrsearch.batching import save_study_note, set_trial_data
+
     namespace: dict[str, Any] = {name: retried(name) for name in _RETRIED_METHODS}
     namespace.update(retry_seconds=0.0, shown_url="")
-    namespace["set_trial_user_attrs"] = retried("set_trial_user_attrs", _set_trial_user_attrs)
+    namespace["set_trial_data"] = retried("set_trial_data", set_trial_data)
+    namespace["save_study_note"] = retried("save_study_note", save_study_note)
     return type("RetryingRDBStorage", (RDBStorage,), namespace)
-
-
-def _set_trial_user_attrs(self: optuna.storages.RDBStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
-    """Several user attributes in one transaction: RDBStorage commits each `set_trial_user_attr` on its own,
-    which costs a round of queries and a commit per attribute (optuna 5's own per-attribute step is reused)."""
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    with _create_scoped_session(self.scoped_session, True) as session:
-        for key, value in attrs.items():
-            self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
-
-
-def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
-    """`trial.set_user_attr` for each item, in one database transaction when the storage is lrsearch's own."""
-    backend = getattr(trial.storage, "_backend", trial.storage)  # optuna wraps an RDBStorage in its cache
-    write_all = getattr(backend, "set_trial_user_attrs", None)
-    cached = getattr(trial, "_cached_frozen_trial", None)  # what trial.user_attrs reads
-    if write_all is None or cached is None:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return
-    write_all(trial._trial_id, attrs)
-    cached.user_attrs.update(attrs)
 
 
 def retry_seconds_of(storage: optuna.storages.BaseStorage) -> float:

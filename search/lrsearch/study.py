@@ -83,8 +83,10 @@ def load(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study,
     """An existing lrsearch study and its stored definition."""
     import optuna
 
+    from lrsearch.batching import sharing_cache
+
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=sharing_cache(storage))
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         known = ", ".join(names) if names else "none yet; create one with lrsearch start"
@@ -117,9 +119,7 @@ def make_sampler(definition: StudyDefinition) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         # group=True is marked experimental; it splits the conditional space by family, which is what we need.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        from lrsearch.sampler import OneReadTPESampler
-
-        return OneReadTPESampler(multivariate=True, group=True, **options)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, **options)
 
 
 def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:

@@ -7,19 +7,34 @@ from dataclasses import dataclass
 
 import optuna
 
+from lrsearch.batching import shared_reads, write_trial
 from lrsearch.definition import StudyDefinition
 from lrsearch.objective import Objective, TrainingData
-from lrsearch.publish import publish_trial
+from lrsearch.publish import dashboard_attrs, publish_trial
 from lrsearch.records import EpochRecord
 from lrsearch.scoring import EpochSelector
-from lrsearch.storage import set_user_attrs
 from lrsearch.training import steps_per_epoch, train
 
 _logger = logging.getLogger(__name__)
 
 
+WORKER_ATTR = "worker"  # trial user attribute: host:pid of the worker that ran it
+
+
 def trial_seed(study_seed: int, trial_number: int) -> int:
     return (study_seed * 1_000_003 + trial_number) % 2**32
+
+
+def retry_seed(trial: optuna.Trial, study_seed: int) -> int:
+    """The trial's training seed: a retry keeps the seed of the trial it repeats (its user attributes are copied
+    to it; if its worker died before recording one, the seed follows from the first attempt's number)."""
+    stored = trial.user_attrs.get("seed")
+    if stored is not None:
+        return int(stored)
+    # Read when the trial was made (a retry is made with `failed_trial`); else read it again.
+    frozen = getattr(trial, "_cached_frozen_trial", None) or trial.storage.get_trial(trial._trial_id)
+    system_attrs = frozen.system_attrs
+    return trial_seed(study_seed, int(system_attrs.get("failed_trial", trial.number)))
 
 
 @dataclass
@@ -29,21 +44,20 @@ class TrialRunner:
     definition: StudyDefinition
     objective: Objective
     data: TrainingData
+    worker: str = ""  # recorded as the trial's user attribute `worker` (host:pid)
 
     def __call__(self, trial: optuna.Trial) -> float:
         definition = self.definition
-        strategy = definition.space.sample(trial, definition.epochs)
-        # A retried trial keeps its seed (user attributes are copied to the retry).
-        seed = int(trial.user_attrs.get("seed", trial_seed(definition.seed, trial.number)))
-        set_user_attrs(
-            trial,
-            {
-                "seed": seed,
-                "strategy": strategy.describe(),
-                "steps_per_epoch": steps_per_epoch(self.data, self.objective.batch_size),
-                "device": str(self.data.train_inputs.device),
-            },
-        )
+        with shared_reads(trial.study):  # one read of the trials for the whole sampling, one write of the params
+            strategy = definition.space.sample(trial, definition.epochs)
+        seed = retry_seed(trial, definition.seed)
+        started = {
+            "seed": seed,
+            "strategy": strategy.describe(),
+            "steps_per_epoch": steps_per_epoch(self.data, self.objective.batch_size),
+            "device": str(self.data.train_inputs.device),
+        }
+        write_trial(trial, user_attrs={WORKER_ATTR: self.worker, **started} if self.worker else started)
 
         selector = EpochSelector(definition.targets)
         history: list[dict[str, float]] = []
@@ -52,17 +66,16 @@ class TrialRunner:
             strategy, self.objective, self.data, seed=seed, train_accuracy=definition.targets.train_accuracy
         ):
             history.append(record.as_dict())
-            trial.set_user_attr("history", history)
             if record.diverged:
+                write_trial(trial, user_attrs={"history": history})
                 stop_reason = f"diverged: loss became {record.train_loss} in epoch {record.epoch} (LR too high?)"
                 if selector.chosen is None:
                     selector.add(record)
                 break
             selector.add(record)
-            trial.report(record.val_acc, record.epoch)
+            write_trial(trial, user_attrs={"history": history}, report=(record.epoch, record.val_acc))
             if trial.should_prune():
-                self._summarise(trial, selector, f"pruned after epoch {record.epoch}")
-                publish_trial(trial, definition, complete=False)  # curves and notes for the dashboard
+                self._finish(trial, selector, f"pruned after epoch {record.epoch}", complete=False)
                 raise optuna.TrialPruned(f"val_acc {record.val_acc:.4f} after epoch {record.epoch}")
             if selector.should_stop():
                 stop_reason = (
@@ -70,14 +83,10 @@ class TrialRunner:
                     f"{definition.targets.max_train} for {selector.overfit_streak} epochs"
                 )
                 break
-        chosen = self._summarise(trial, selector, stop_reason)
-        for key, value in selector.constraints(chosen).items():
-            trial.set_constraint(key, value)
-        publish_trial(trial, definition, complete=True)  # curves and notes for the dashboard
-        return chosen.val_acc
+        return self._finish(trial, selector, stop_reason, complete=True).val_acc
 
-    @staticmethod
-    def _summarise(trial: optuna.Trial, selector: EpochSelector, stop_reason: str) -> EpochRecord:
+    def _finish(self, trial: optuna.Trial, selector: EpochSelector, stop_reason: str, *, complete: bool) -> EpochRecord:
+        """The trial's result in one write (summary, dashboard attributes, constraints), then its notes."""
         chosen = selector.chosen
         assert chosen is not None, "a trial reports at least one epoch"
         summary = {
@@ -87,5 +96,11 @@ class TrialRunner:
             "epoch": chosen.epoch,
             "stop_reason": stop_reason,
         }
-        set_user_attrs(trial, summary)
+        history = trial.user_attrs.get("history", [])
+        write_trial(
+            trial,
+            user_attrs={**summary, **dashboard_attrs(summary, history, complete=complete)},
+            constraints=selector.constraints(chosen) if complete else None,
+        )
+        publish_trial(trial, self.definition, complete=complete)  # notes and artifacts for the dashboard
         return chosen

@@ -33,6 +33,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from lrsearch.batching import shared_reads
 from lrsearch.errors import ConfigError, StorageError
 from lrsearch.objective import load_data, load_objective
 from lrsearch.storage import (
@@ -44,7 +45,7 @@ from lrsearch.storage import (
 )
 from lrsearch.study import VOID_ATTR, Budget, budget, load, stored_total
 from lrsearch.threads import set_torch_threads
-from lrsearch.trial import TrialRunner, trial_seed
+from lrsearch.trial import WORKER_ATTR, TrialRunner
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 POLL_SECONDS = 2.0  # how often an idle worker looks for retries while other workers finish
-WORKER_ATTR = "worker"  # trial user attribute: host:pid of the worker that ran it
 THREADS_ENV = "LRSEARCH_TORCH_THREADS"  # torch threads of a worker (`start` sets it for its workers)
 
 TrialCallback = Callable[[FrozenTrial, Budget], None]
@@ -286,7 +286,7 @@ def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None
         set_torch_threads(threads)  # `start` divides the cores among its workers
     objective = load_objective(definition.objective, definition.objective_options)
     data = load_data(objective, definition.objective, pick_device(device), data_dir)
-    return TrialRunner(definition, objective, data)
+    return TrialRunner(definition, objective, data, worker=worker_id())
 
 
 def _claim(
@@ -295,12 +295,13 @@ def _claim(
     """Under the budget lock: reap dead workers' trials, count, and start a trial if the budget has room."""
     with budget_lock(storage, study.study_name) as held:
         reap(study)
-        state = budget(study, stored_total(study))
-        if not state.can_start or stopper.requested is not None:
-            return None, state
-        if not held():  # the connection holding the lock dropped: the count may be stale
-            raise _LockLost
-        trial = _ask(study)  # a queued retry first, else a new trial
+        with shared_reads(study):  # the count's read of the trials serves the ask (the lock keeps it current)
+            state = budget(study, stored_total(study))
+            if not state.can_start or stopper.requested is not None:
+                return None, state
+            if not held():  # the connection holding the lock dropped: the count may be stale
+                raise _LockLost
+            trial = _ask(study)  # a queued retry first, else a new trial
         # Its first heartbeat before the lock is released: any RUNNING trial without one is an orphan.
         study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         if held():
@@ -404,7 +405,6 @@ def _run_one(
     with Heartbeat(study._storage, trial._trial_id):
         try:
             with stopper.interruptible():
-                _sign(study, trial, runner.definition.seed)
                 value = runner(trial)
         except optuna.TrialPruned:
             return _tell(study, trial, None, TrialState.PRUNED)
@@ -424,18 +424,6 @@ def _run_one(
             _tell(study, trial, None, TrialState.FAIL)
             raise
     return _tell(study, trial, value, None)
-
-
-def _sign(study: optuna.Study, trial: optuna.Trial, study_seed: int) -> None:
-    """Record which worker runs the trial, and its seed before anything is sampled.
-
-    A retry keeps the seed of the trial it repeats (user attributes are copied to it), even when that trial's
-    worker died before the trial runner recorded the seed.
-    """
-    trial.set_user_attr(WORKER_ATTR, worker_id())
-    if "seed" not in trial.user_attrs:
-        original = study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial", trial.number)
-        trial.set_user_attr("seed", trial_seed(study_seed, int(original)))
 
 
 def _tell(
@@ -460,4 +448,4 @@ def _taken_over(trial: optuna.Trial) -> None:
     )
 
 
-__all__ = ["run_worker", "pick_device", "budget_lock", "reap", "worker_id", "Stopper", "Heartbeat"]
+__all__ = ["run_worker", "pick_device", "budget_lock", "reap", "worker_id", "Stopper", "Heartbeat", "WORKER_ATTR"]

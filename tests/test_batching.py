@@ -87,6 +87,11 @@ def test_attributes_constraints_and_a_report_in_one_transaction(db_url: str, com
     trial.set_user_attr("one", 1)
     assert counter.count == 3  # what each attribute costs through Optuna
 
+    write_trial(trial, report=(2, math.inf))
+    write_trial(trial, report=(3, math.nan))  # a diverged epoch's value keeps Optuna's own representation
+    values = fresh(db_url, trial).intermediate_values
+    assert values[1] == 0.91 and values[2] == math.inf and math.isnan(values[3])
+
 
 def test_a_finished_trial_takes_no_more_writes(sqlite_url: str) -> None:
     study = new_study(sqlite_url)

@@ -59,9 +59,17 @@ def set_trial_data(
             (models.TrialSystemAttributeModel, system_attrs),
         ):
             if attrs:
-                _upsert(self, session, model, "trial_id", trial_id, attrs)
+                _upsert_attrs(self, session, model, "trial_id", trial_id, attrs)
         if report is not None:
-            self._set_trial_intermediate_value_without_commit(session, trial_id, *report)
+            table = models.TrialIntermediateValueModel
+            value, kind = table.intermediate_value_to_stored_repr(report[1])
+            row = {
+                "trial_id": trial_id,
+                "step": report[0],
+                "intermediate_value": value,
+                "intermediate_value_type": kind,
+            }
+            _upsert(self, session, table, [row], keys=("trial_id", "step"))
         for name, value, distribution, known in params or ():
             self._set_trial_param_without_commit(session, trial_id, name, value, distribution, known)
 
@@ -92,11 +100,11 @@ def save_study_note(
             return False
         attrs: dict[str, Any] = {version_key: int(stored.get(version_key, 0)) + 1, **chunks}
         attrs.update({f"{prefix}{i}": "" for i in range(len(chunks), len(old_chunks))})  # as the dashboard does
-        _upsert(self, session, table, "study_id", study_id, attrs)
+        _upsert_attrs(self, session, table, "study_id", study_id, attrs)
     return True
 
 
-def _upsert(
+def _upsert_attrs(
     storage: optuna.storages.RDBStorage,
     session: sqlalchemy.orm.Session,
     model: Any,
@@ -104,9 +112,21 @@ def _upsert(
     owner_id: int,
     attrs: Mapping[str, Any],
 ) -> None:
-    """Insert or update `attrs` (key -> JSON value) of one trial or study: one statement on SQLite and
-    PostgreSQL, Optuna's one-by-one way elsewhere."""
+    """Insert or update `attrs` (key -> JSON value) of one trial (owner "trial_id") or study ("study_id")."""
     rows = [{owner: owner_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+    _upsert(storage, session, model, rows, keys=(owner, "key"))
+
+
+def _upsert(
+    storage: optuna.storages.RDBStorage,
+    session: sqlalchemy.orm.Session,
+    model: Any,
+    rows: list[dict[str, Any]],
+    *,
+    keys: tuple[str, str],
+) -> None:
+    """Insert `rows`, or update the row with the same `keys` (a unique constraint of the table): one statement on
+    SQLite and PostgreSQL, a query per row elsewhere."""
     dialect = storage.engine.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -114,18 +134,16 @@ def _upsert(
         from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
     else:
         for row in rows:
-            existing = session.query(model).filter_by(**{owner: owner_id}, key=row["key"]).one_or_none()
+            existing = session.query(model).filter_by(**{key: row[key] for key in keys}).one_or_none()
             if existing is None:
                 session.add(model(**row))
             else:
-                existing.value_json = row["value_json"]
+                for column, value in row.items():
+                    setattr(existing, column, value)
         return
     statement = insert(model).values(rows)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[getattr(model, owner), model.key], set_={"value_json": statement.excluded.value_json}
-        )
-    )
+    updated = {column: statement.excluded[column] for column in rows[0] if column not in keys}
+    session.execute(statement.on_conflict_do_update(index_elements=[getattr(model, k) for k in keys], set_=updated))
 
 
 # --- the trial side -----------------------------------------------------------------------------------------

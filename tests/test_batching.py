@@ -102,12 +102,15 @@ def test_a_finished_trial_takes_no_more_writes(sqlite_url: str) -> None:
     assert "late" not in fresh(sqlite_url, trial).user_attrs
 
 
-def test_a_nan_constraint_is_refused_before_anything_is_written(sqlite_url: str) -> None:
+def test_a_nan_constraint_or_negative_step_is_refused_before_anything_is_written(sqlite_url: str) -> None:
     study = new_study(sqlite_url)
     trial = ask(study)
     with pytest.raises(ValueError, match="min_val"):
         write_trial(trial, user_attrs={"seed": 1}, constraints={"min_val": math.nan})
-    assert fresh(sqlite_url, trial).user_attrs == {}
+    with pytest.raises(ValueError, match="step -1"):
+        write_trial(trial, user_attrs={"seed": 1}, report=(-1, 0.5))
+    stored = fresh(sqlite_url, trial)
+    assert stored.user_attrs == {} and stored.intermediate_values == {} == trial.user_attrs
 
 
 def test_other_storages_take_the_same_writes_through_optuna() -> None:
@@ -139,7 +142,7 @@ def test_notes_are_the_dashboards_own_and_replace_longer_ones(db_url: str, commi
     assert reread._storage.get_study_system_attrs(reread._study_id)["dashboard:note_ver"] == 1
 
 
-def test_shared_reads_sample_what_tpe_samples_with_one_read_and_one_commit(tmp_path: object) -> None:
+def test_shared_reads_sample_what_tpe_samples_with_fewer_reads_and_commits(tmp_path: object) -> None:
     def run(url: str, shared: bool) -> tuple[list[dict[str, object]], int, int]:
         study = new_study(url)
         study.sampler = optuna.samplers.TPESampler(multivariate=True, group=True, n_startup_trials=5, seed=3)
@@ -153,17 +156,20 @@ def test_shared_reads_sample_what_tpe_samples_with_one_read_and_one_commit(tmp_p
             return read(*args, **kwargs)
 
         backend._get_trials = counted
-        for number in range(13):
-            trial = ask(study)
-            if number == 5:  # past the random start-up trials
-                reads, counter = 0, Commits(study)
-            if shared:
-                with shared_reads(study):
+        counter = Commits(study)
+        try:
+            for number in range(13):
+                trial = ask(study)
+                if number == 5:  # past the random start-up trials
+                    reads = counter.count = 0
+                if shared:
+                    with shared_reads(study):
+                        strategy = SPACE.sample(trial, 10)
+                else:
                     strategy = SPACE.sample(trial, 10)
-            else:
-                strategy = SPACE.sample(trial, 10)
-            study.tell(trial, -abs(math.log10(strategy.lr) + 2))
-        counter.close()
+                study.tell(trial, -abs(math.log10(strategy.lr) + 2))
+        finally:
+            counter.close()
         return [t.params for t in study.trials], reads, counter.count
 
     with warnings.catch_warnings():

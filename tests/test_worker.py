@@ -188,8 +188,8 @@ def test_a_trial_made_while_the_lock_was_lost_is_voided_beyond_the_budget(
 class _SignalledRunner:
     """Samples the trial like the real runner, then receives SIGTERM mid-trial."""
 
-    def __init__(self, definition: Any, *args: Any, **kwargs: Any) -> None:
-        self.definition = definition
+    def __init__(self, definition: Any, *args: Any, worker: str = "", **kwargs: Any) -> None:
+        self.definition, self.worker = definition, worker
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.definition.space.sample(trial, self.definition.epochs)
@@ -197,6 +197,27 @@ class _SignalledRunner:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(10)  # the handler interrupts this
         raise AssertionError("SIGTERM did not interrupt the trial")
+
+
+class _FailingRunner(_SignalledRunner):
+    """Fails while sampling, before the real runner would record anything."""
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        raise RuntimeError("boom")
+
+
+def test_a_trial_that_fails_records_why_and_which_worker_ran_it(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=2)
+    monkeypatch.setattr(lrsearch.worker, "TrialRunner", _FailingRunner)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_worker(sqlite_url, name)
+    study, _ = load(open_storage(sqlite_url), name)
+    [failed] = study.trials
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs == {"stop_reason": "failed: RuntimeError: boom", WORKER_ATTR: worker_id()}
 
 
 def test_sigterm_fails_the_running_trial_and_queues_it(

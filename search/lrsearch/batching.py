@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.storages._cached_storage import _CachedStorage
 
+from lrsearch.errors import StorageError
+from lrsearch.storage import is_transient
+
 if TYPE_CHECKING:
     import optuna
     import sqlalchemy.orm
@@ -78,7 +81,9 @@ def save_study_note(
     self: optuna.storages.RDBStorage, study_id: int, trial_id: int | None, body: str, *, only_if_changed: bool
 ) -> bool:
     """optuna-dashboard's note of the study (trial_id None) or of a trial, in one transaction that reads only
-    that note's keys. Returns whether it was written."""
+    that note's keys. Returns whether it was written. Like the dashboard's own save_note, two saves at the same
+    moment may both write the same next version number; each writes its whole note in one statement, so the
+    note is one or the other, never a mix."""
     import sqlalchemy
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -161,7 +166,9 @@ def write_trial(
     report: tuple[int, float] | None = None,
 ) -> None:
     """`trial.set_user_attr` for each attribute, `trial.set_constraint` for each constraint and
-    `trial.report(value, step)` for `report` = (step, value): in one transaction on lrsearch's storage."""
+    `trial.report(value, step)` for `report` = (step, value): in one transaction on lrsearch's storage. Unlike
+    Optuna's calls, an already reported step or an already set constraint (a retried trial inherits its first
+    attempt's) is replaced, not ignored with a warning."""
     write = getattr(_backend(trial.storage), "set_trial_data", None)
     cached = getattr(trial, "_cached_frozen_trial", None)  # what trial.user_attrs and should_prune read
     if write is None or cached is None:
@@ -179,6 +186,8 @@ def write_trial(
         system_attrs[f"{CONSTRAINT_PREFIX}{key}"] = float(limit)
     if report is not None:
         report = (int(report[0]), float(report[1]))
+        if report[0] < 0:
+            raise ValueError(f"step {report[0]} must be non-negative")
     write(trial._trial_id, user_attrs=user_attrs, system_attrs=system_attrs, report=report)
     cached.user_attrs.update(user_attrs or {})
     cached.system_attrs.update(system_attrs)
@@ -224,9 +233,11 @@ class SharingCache(_CachedStorage):
         self._scope.read, self._scope.params = set(), []
         try:
             yield
-        except BaseException:
-            with contextlib.suppress(Exception):  # the error that ended the scope is the one to report
-                self._write_params()
+        except Exception as e:
+            # What the trial holds is written, unless the database is what failed (it was retried already).
+            if not isinstance(e, StorageError) and not is_transient(e):
+                with contextlib.suppress(Exception):  # the error that ended the scope is the one to report
+                    self._write_params()
             raise
         else:
             self._write_params()
@@ -270,8 +281,8 @@ class SharingCache(_CachedStorage):
 @contextlib.contextmanager
 def shared_reads(study: optuna.Study) -> Iterator[None]:
     """Inside: the study's trials are read from the database once, and the parameters sampled are written in
-    one transaction at the end (also when it ends with an error: the trial's params are then what the database
-    holds). For steps a few milliseconds apart
+    one transaction at the end (also when it ends with an error, unless the database failed: the trial's params
+    are then what the database holds). For steps a few milliseconds apart
     (counting the budget and asking a trial, under the budget lock; sampling a trial's strategy)."""
     storage = study._storage
     if isinstance(storage, SharingCache):

@@ -33,7 +33,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from lrsearch.batching import shared_reads
+from lrsearch.batching import shared_reads, write_trial
 from lrsearch.errors import ConfigError, StorageError
 from lrsearch.objective import load_data, load_objective
 from lrsearch.storage import (
@@ -419,8 +419,9 @@ def _run_one(
         except StorageError:
             raise  # the database is gone; once it is back, other workers rerun this trial
         except Exception as e:
-            with contextlib.suppress(UpdateFinishedTrialError):
-                trial.set_user_attr("stop_reason", f"failed: {type(e).__name__}: {e}")
+            failed = {"stop_reason": f"failed: {type(e).__name__}: {e}", WORKER_ATTR: runner.worker}
+            with contextlib.suppress(UpdateFinishedTrialError):  # worker too: it may have failed while sampling
+                write_trial(trial, user_attrs=failed)
             _tell(study, trial, None, TrialState.FAIL)
             raise
     return _tell(study, trial, value, None)

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from optuna.storages._cached_storage import _CachedStorage
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 
 from lrsearch.errors import StorageError
 from lrsearch.storage import is_transient
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     import optuna
     import sqlalchemy.orm
 
-CONSTRAINT_PREFIX = "constraints:"  # optuna 5 keeps constraint `k` as trial system attribute `constraints:k`
+CONSTRAINT_PREFIX = f"{_CONSTRAINTS_KEY}:"  # optuna 5 keeps constraint `k` as trial system attribute `constraints:k`
 
 
 # --- the backend side: methods of lrsearch's RDBStorage (see lrsearch.storage) ------------------------------
@@ -296,8 +297,4 @@ def sharing_cache(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseS
     """The storage to give a Study: lrsearch's cache in front of an RDBStorage; any other storage as it is."""
     from optuna.storages import RDBStorage
 
-    if isinstance(storage, RDBStorage):
-        return SharingCache(storage)
-    if isinstance(storage, _CachedStorage) and not isinstance(storage, SharingCache):
-        return SharingCache(storage._backend)
-    return storage
+    return SharingCache(storage) if isinstance(storage, RDBStorage) else storage

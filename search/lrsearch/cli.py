@@ -154,11 +154,11 @@ def start(
 
 @dataclass(frozen=True)
 class _Plan:
-    """What `start` or `create` is about to do: the checked definition, and whether the study exists."""
+    """What `start` or `create` is about to do: the checked definition, and the study if it exists."""
 
     definition: Any  # StudyDefinition
     db: Any  # the opened storage; None for a new SQLite file, which is created only when the study is
-    exists: bool
+    study: Any  # the stored optuna.Study, or None for a new study
 
 
 def _resolve(
@@ -187,7 +187,7 @@ def _resolve(
         definition, problem = base, e  # the flags may still suit a stored study of that name: see below
     db = None if is_new_database(storage) else open_storage(storage)
     name = overrides["name"] or base.name
-    stored = load(db, name)[1] if db is not None and name in study_names(db) else None
+    study, stored = load(db, name) if db is not None and name in study_names(db) else (None, None)
     if stored is not None:
         if study_file is None:
             definition = stored.with_overrides(**overrides)  # resume with what is stored; the flags change it
@@ -198,7 +198,7 @@ def _resolve(
         # A study is created only once its objective (and, for `start`, its data) is known to load: a bad
         # module:attr or a missing data folder leaves no empty study behind.
         _check_objective(definition, data_dir, check_data=check_data)
-    return _Plan(definition, db, exists=stored is not None)
+    return _Plan(definition, db, study)
 
 
 def _check_objective(definition: Any, data_dir: Path | None, *, check_data: bool) -> None:
@@ -214,13 +214,13 @@ def _check_objective(definition: Any, data_dir: Path | None, *, check_data: bool
 def _echo_plan(storage: str, plan: _Plan, layout: tuple[str | None, str | None, int, str]) -> None:
     """`start --dry-run`: what would run, on stdout."""
     from lrsearch.fleet import plan_workers
-    from lrsearch.study import budget, load
+    from lrsearch.study import budget
 
     definition, finished = plan.definition, 0
-    if plan.exists:
-        finished = budget(load(plan.db, definition.name)[0], definition.trials).finished
+    if plan.study is not None:
+        finished = budget(plan.study, definition.trials).finished
     specs = plan_workers(*layout, remaining=definition.trials - finished)
-    state = f"exists, {finished} of its trials finished" if plan.exists else "new, start would create it"
+    state = f"exists, {finished} of its trials finished" if plan.study is not None else "new, start would create it"
     click.echo(f"dry run: nothing was run or written. Study '{definition.name}' in {mask_url(storage)}: {state}")
     click.echo(f"{definition.trials} trials of {definition.epochs} epochs, objective {definition.objective}")
     click.echo(f"{len(specs)} worker{'s' * (len(specs) != 1)}: " + "; ".join(s.describe() for s in specs))

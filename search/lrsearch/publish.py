@@ -48,18 +48,16 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "l
 def default_artifact_dir(storage_url: str | None) -> Path | None:
     """`<database file>.artifacts/` beside a SQLite file; None (no artifacts) for other databases, whose
     workers may run on hosts that share no folder."""
+    from lrsearch.errors import ConfigError
+    from lrsearch.storage import sqlite_file
+
     if not storage_url:
         return None
-    import sqlalchemy
-
     try:
-        url = sqlalchemy.engine.make_url(storage_url)
-    except sqlalchemy.exc.ArgumentError:
+        database = sqlite_file(storage_url)
+    except ConfigError:  # not a URL: no artifacts (opening the storage reports it)
         return None
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    database = Path(url.database).absolute()
-    return database.with_name(database.name + ".artifacts")
+    return None if database is None else database.with_name(database.name + ".artifacts")
 
 
 def artifact_dir(storage_url: str | None, given: str | Path | None = None) -> Path | None:

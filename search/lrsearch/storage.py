@@ -204,9 +204,9 @@ def parse_url(url: str) -> sqlalchemy.URL:
         raise ConfigError(f"storage URL '{mask_url(url)}': {problem}; use {URL_EXAMPLES}") from None
 
 
-def sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str | sqlalchemy.URL) -> Path | None:
     """The database file of a SQLite URL (None for other databases and for an in-memory one)."""
-    parsed = parse_url(url)
+    parsed = parse_url(url) if isinstance(url, str) else url
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(os.path.abspath(parsed.database))

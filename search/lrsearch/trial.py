@@ -75,7 +75,7 @@ class TrialRunner:
             selector.add(record)
             write_trial(trial, user_attrs={"history": history}, report=(record.epoch, record.val_acc))
             if trial.should_prune():
-                self._finish(trial, selector, f"pruned after epoch {record.epoch}", complete=False)
+                self._finish(trial, selector, history, f"pruned after epoch {record.epoch}", complete=False)
                 raise optuna.TrialPruned(f"val_acc {record.val_acc:.4f} after epoch {record.epoch}")
             if selector.should_stop():
                 stop_reason = (
@@ -83,9 +83,17 @@ class TrialRunner:
                     f"{definition.targets.max_train} for {selector.overfit_streak} epochs"
                 )
                 break
-        return self._finish(trial, selector, stop_reason, complete=True).val_acc
+        return self._finish(trial, selector, history, stop_reason, complete=True).val_acc
 
-    def _finish(self, trial: optuna.Trial, selector: EpochSelector, stop_reason: str, *, complete: bool) -> EpochRecord:
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        selector: EpochSelector,
+        history: list[dict[str, float]],
+        stop_reason: str,
+        *,
+        complete: bool,
+    ) -> EpochRecord:
         """The trial's result in one write (summary, dashboard attributes, constraints), then its notes."""
         chosen = selector.chosen
         assert chosen is not None, "a trial reports at least one epoch"
@@ -96,7 +104,6 @@ class TrialRunner:
             "epoch": chosen.epoch,
             "stop_reason": stop_reason,
         }
-        history = trial.user_attrs.get("history", [])
         write_trial(
             trial,
             user_attrs={**summary, **dashboard_attrs(summary, history, complete=complete)},

@@ -42,6 +42,7 @@ from lrsearch.storage import (
     open_storage,
     retry_seconds_of,
     retry_transient,
+    sqlite_file,
 )
 from lrsearch.study import VOID_ATTR, Budget, budget, load, stored_total
 from lrsearch.threads import set_torch_threads
@@ -175,9 +176,10 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterato
     dropped connection ends.
     """
     url = storage.engine.url
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+    database = sqlite_file(url)
+    if database is not None:
         # SQLite is a local file, so a lock file beside it reaches every worker that can open it.
-        with open(Path(url.database).with_name(Path(url.database).name + ".lrsearch-lock"), "a") as lock_file:
+        with open(database.with_name(database.name + ".lrsearch-lock"), "a") as lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
                 yield lambda: True

@@ -7,7 +7,7 @@ What is measured, all in this one invocation on this one machine (only ratios of
 - reference: the loop people write (torchvision MNIST + ToTensor + DataLoader(batch 64, shuffle), SGD with
   momentum, the same 784-128-10 MLP, `loss.item()` per step, then the 10k test images in DataLoader batches of
   1000), alone on the machine with torch's default threads; seconds per epoch;
-- lrsearch, one worker: `lrsearch.training.train` on the default objective (MnistMLP: real MNIST, batch 64,
+- lrsearch, one worker: `lrsearch.train.loop.train` on the default objective (MnistMLP: real MNIST, batch 64,
   validation on the 10k test images), one process, with all cores' threads and with 1 thread; once more with
   1 thread and `fast_kernels=False` (autograd and unfused optimizers, as before the hand-derived MLP step and
   fused kernels), to show what they bring;
@@ -71,7 +71,7 @@ def _matmul_gflops(threads: int, seconds: float = 1.0) -> float:
     """The best of PEAK_SHAPES (m, k, n): small matmuls can beat the large one where their data stays in cache."""
     import torch
 
-    from lrsearch.threads import set_torch_threads
+    from lrsearch.fleet.threads import set_torch_threads
 
     set_torch_threads(threads)
     best = 0.0
@@ -89,7 +89,7 @@ def _matmul_gflops(threads: int, seconds: float = 1.0) -> float:
 
 def _strategies(epochs: int) -> list[Any]:
     """A few typical strategies: per-epoch and per-batch schedules, SGD and adaptive optimizers."""
-    from lrsearch.strategy import LRStrategy
+    from lrsearch.strategy.strategy import LRStrategy
 
     onecycle = {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e3, "anneal_strategy": "cos"}
     return [
@@ -113,9 +113,9 @@ def _lrsearch_process(
     """Train `trials` whole trials after the common start; report (epochs, start, end) in monotonic time."""
     import torch
 
-    from lrsearch.objective import TrainingData
-    from lrsearch.threads import set_torch_threads
-    from lrsearch.training import train
+    from lrsearch.fleet.threads import set_torch_threads
+    from lrsearch.train.loop import train
+    from lrsearch.train.objective import TrainingData
     from lrsearch_objectives.mnist_mlp import MnistMLP
 
     set_torch_threads(threads)
@@ -248,7 +248,7 @@ class Config:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lrsearch.threads import auto_workers, threads_per_worker, usable_cores
+    from lrsearch.fleet.threads import auto_workers, threads_per_worker, usable_cores
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_dir(parser)

@@ -1,7 +1,7 @@
 """Search quality per epoch trained: lrsearch's defaults vs random search on the real MNIST, several seeds.
 
 Two methods, each run as real lrsearch studies (the default definition from studies/mnist.toml, created in
-a temporary SQLite database and run by lrsearch.worker.run_worker, the code behind `lrsearch worker`):
+a temporary SQLite database and run by lrsearch.fleet.worker.run_worker, the code behind `lrsearch worker`):
 
 - lrsearch: the definition as it is: multivariate TPE that learns from the constraints, the feasible pruner
   (below the 25th percentile), and the early stop of a trial whose training accuracy stays above the ceiling;
@@ -12,7 +12,7 @@ Both spend the same budget, counted in epochs actually trained (the sum of the t
 pruned trials included). A worker stops claiming trials once its study has spent the budget; a trial that
 ends beyond it is not counted in the results. Each seed gives a study seed (the trials' training seeds); the
 samplers are lrsearch's own (unseeded), so runs of one method differ in both. Studies run two at a time per
-the `--workers auto` policy of lrsearch.threads (one per core, threads_per_worker threads each); seed s of
+the `--workers auto` policy of lrsearch.fleet.threads (one per core, threads_per_worker threads each); seed s of
 both methods run side by side, so their wall times compare under the same load.
 
 Reported per run and as medians: epochs and wall time (from the first trial's start) to the first feasible
@@ -82,7 +82,7 @@ class Run:
 
 def definition_for(method: str, seed: int, budget: int) -> Any:
     """The default study definition, or its random-search variant, for one run."""
-    from lrsearch.definition import default_study_file, load_study_file, parse_table
+    from lrsearch.study.definition import default_study_file, load_study_file, parse_table
 
     table = load_study_file(default_study_file()).to_table()
     table["study"].update(name=f"bench-{method}-{seed}", seed=seed, trials=budget)  # never the limit
@@ -103,9 +103,9 @@ def run_study(method: str, seed: int, budget: int, threads: int, data_dir: str |
 
     import optuna
 
-    from lrsearch.storage import open_storage
-    from lrsearch.study import create_or_resume
-    from lrsearch.worker import run_worker
+    from lrsearch.fleet.worker import run_worker
+    from lrsearch.store.storage import open_storage
+    from lrsearch.study.lifecycle import create_or_resume
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lrsearch").setLevel(logging.ERROR)
@@ -162,7 +162,7 @@ def _from_dict(data: dict[str, Any]) -> Run:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lrsearch.threads import auto_workers, threads_per_worker
+    from lrsearch.fleet.threads import auto_workers, threads_per_worker
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_dir(parser)

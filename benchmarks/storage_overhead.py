@@ -2,7 +2,7 @@
 
 For each storage, a study of the default definition (studies/mnist.toml: real MNIST, 12 epochs, TPE, the
 feasible percentile pruner, early stop) is created with a budget of --trials trials, and W = auto_workers() worker
-processes (lrsearch.worker.run_worker, threads_per_worker(W) torch threads each: the `--workers auto` policy) run
+processes (lrsearch.fleet.worker.run_worker, threads_per_worker(W) torch threads each: the `--workers auto` policy) run
 it side by side, exactly as `lrsearch start --workers auto` does. Inside each worker:
 
 - storage time: the wall time of every call into the storage (the methods of Optuna's RDBStorage and of
@@ -97,20 +97,20 @@ def instrument(clock: Clock) -> dict[str, float]:
     import optuna.storages._cached_storage as cached
     from optuna.storages import BaseStorage, RDBStorage
 
-    import lrsearch.storage
-    import lrsearch.trial
-    import lrsearch.worker
+    import lrsearch.fleet.worker
+    import lrsearch.store.storage
+    import lrsearch.study.runner
 
     interface = [
         name for name in dir(BaseStorage) if not name.startswith("__") and callable(getattr(BaseStorage, name))
     ]
-    for cls in (RDBStorage, lrsearch.storage._retrying_storage_class(), cached._CachedStorage):
+    for cls in (RDBStorage, lrsearch.store.storage._retrying_storage_class(), cached._CachedStorage):
         for name in {*interface, "record_heartbeat", "_get_stale_trial_ids", "set_trial_data", "save_study_note"}:
             if name in cls.__dict__:
                 setattr(cls, name, _timed(cls.__dict__[name], clock, name))
     # Module attributes that the worker looks up at call time.
-    _patch(lrsearch.worker, "_orphans", _timed(vars(lrsearch.worker)["_orphans"], clock, "orphan query"))
-    original_lock = lrsearch.worker.budget_lock
+    _patch(lrsearch.fleet.worker, "_orphans", _timed(vars(lrsearch.fleet.worker)["_orphans"], clock, "orphan query"))
+    original_lock = lrsearch.fleet.worker.budget_lock
 
     @contextlib.contextmanager
     def budget_lock(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -123,9 +123,9 @@ def instrument(clock: Clock) -> dict[str, float]:
             with clock.timing("budget lock"):
                 lock.__exit__(None, None, None)
 
-    _patch(lrsearch.worker, "budget_lock", budget_lock)
+    _patch(lrsearch.fleet.worker, "budget_lock", budget_lock)
     marks: dict[str, float] = {"training": 0.0}
-    make_runner = lrsearch.worker._make_runner
+    make_runner = lrsearch.fleet.worker._make_runner
 
     def timed_make_runner(*args: Any, **kwargs: Any) -> Any:
         runner = make_runner(*args, **kwargs)
@@ -133,8 +133,8 @@ def instrument(clock: Clock) -> dict[str, float]:
         marks["ready"] = time.perf_counter()
         return runner
 
-    _patch(lrsearch.worker, "_make_runner", timed_make_runner)
-    train = vars(lrsearch.trial)["train"]
+    _patch(lrsearch.fleet.worker, "_make_runner", timed_make_runner)
+    train = vars(lrsearch.study.runner)["train"]
 
     def timed_train(*args: Any, **kwargs: Any) -> Iterator[Any]:
         epochs = train(*args, **kwargs)
@@ -148,12 +148,12 @@ def instrument(clock: Clock) -> dict[str, float]:
             marks["training"] += time.perf_counter() - started
             yield record
 
-    _patch(lrsearch.trial, "train", timed_train)
+    _patch(lrsearch.study.runner, "train", timed_train)
     return marks
 
 
 def _worker(url: str, study_name: str, threads: int, data_dir: str | None, results: Any) -> None:
-    from lrsearch.worker import run_worker
+    from lrsearch.fleet.worker import run_worker
 
     clock = Clock()
     marks = instrument(clock)
@@ -204,9 +204,9 @@ def measure(
 ) -> Outcome:
     import optuna
 
-    from lrsearch.definition import default_study_file, load_study_file
-    from lrsearch.storage import open_storage
-    from lrsearch.study import create_or_resume
+    from lrsearch.store.storage import open_storage
+    from lrsearch.study.definition import default_study_file, load_study_file
+    from lrsearch.study.lifecycle import create_or_resume
 
     name = f"bench-storage-{uuid.uuid4().hex[:8]}"
     definition = load_study_file(default_study_file()).with_overrides(name=name, trials=trials)
@@ -280,8 +280,8 @@ def _reachable(url: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from lrsearch.storage import mask_url
-    from lrsearch.threads import auto_workers, threads_per_worker
+    from lrsearch.fleet.threads import auto_workers, threads_per_worker
+    from lrsearch.store.urls import mask_url
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_dir(parser)

@@ -71,7 +71,7 @@ def pg_url() -> Iterator[str]:
     import psycopg2
     import sqlalchemy
 
-    from lrsearch.storage import mask_url
+    from lrsearch.store.urls import mask_url
 
     server = sqlalchemy.engine.make_url(SERVER)
     name = f"lrsearch_test_{uuid.uuid4().hex[:12]}"

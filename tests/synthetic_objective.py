@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lrsearch.objective import Objective, TrainingData
+from lrsearch.train.objective import Objective, TrainingData
 
 
 class Synthetic(Objective):

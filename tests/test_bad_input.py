@@ -24,9 +24,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import lrsearch.fleet
-import lrsearch.storage
-import lrsearch.worker
+import lrsearch.fleet.supervisor
+import lrsearch.fleet.worker
+import lrsearch.store.storage
 from conftest import REPO, TESTS, write_study
 from lrsearch.cli import main
 from test_cli import FEASIBLE
@@ -203,9 +203,9 @@ def silent_server() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _fast_and_safe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lrsearch.storage, "CONNECT_TIMEOUT", 1)  # psycopg2 waits at least 2 s
-    monkeypatch.setattr(lrsearch.worker, "STORAGE_RETRY_SECONDS", 1)
-    monkeypatch.setattr(lrsearch.fleet, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(lrsearch.store.storage, "CONNECT_TIMEOUT", 1)  # psycopg2 waits at least 2 s
+    monkeypatch.setattr(lrsearch.fleet.worker, "STORAGE_RETRY_SECONDS", 1)
+    monkeypatch.setattr(lrsearch.fleet.supervisor, "cuda_device_count", lambda: 0)
 
     def no_serving(*args: object, **kwargs: object) -> None:
         raise AssertionError("a refused dashboard must not serve")
@@ -232,7 +232,7 @@ def test_bad_input_is_a_message_and_changes_nothing(
         pytest.skip("this host has a GPU 3")
     if bad.id == "driver-not-installed" and importlib.util.find_spec("MySQLdb") is not None:
         pytest.skip("MySQLdb is installed here")
-    monkeypatch.setattr(lrsearch.fleet, "cuda_device_count", lambda: bad.gpus)
+    monkeypatch.setattr(lrsearch.fleet.supervisor, "cuda_device_count", lambda: bad.gpus)
     db = tmp_path / "study.db"
     shutil.copy(template, db)
     study = write_study(tmp_path, STUDY, trials=3, epochs=2)
@@ -352,7 +352,7 @@ def test_any_start_command_line_plans_or_is_refused(
     args: dict[str, str], template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`start --dry-run` with any options: the plan (exit 0) or a refusal, and never a change to any database."""
-    monkeypatch.setattr(lrsearch.fleet, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(lrsearch.fleet.supervisor, "cuda_device_count", lambda: 2)
     db = tmp_path / "study.db"
     if not db.exists():
         shutil.copy(template, db)

@@ -12,10 +12,10 @@ import sqlalchemy
 from optuna_dashboard import get_note
 from optuna_dashboard import save_note as dashboard_save_note
 
-from lrsearch.batching import save_note, shared_reads, write_trial
-from lrsearch.definition import default_study_file, load_study_file
-from lrsearch.storage import open_storage
-from lrsearch.study import create_or_resume, load
+from lrsearch.store.batching import save_note, shared_reads, write_trial
+from lrsearch.store.storage import open_storage
+from lrsearch.study.definition import default_study_file, load_study_file
+from lrsearch.study.lifecycle import create_or_resume, load
 
 SPACE = load_study_file(default_study_file()).space
 

@@ -22,12 +22,13 @@ from optuna_dashboard._note import get_note_from_system_attrs
 from chromium import assert_not_blank, chromium, keep, needs_chromium, wait_for
 from conftest import write_study
 from lrsearch.cli import main
-from lrsearch.definition import parse_table
 from lrsearch.errors import LRSearchError
-from lrsearch.publish import SCORE_ATTR, artifact_dir, default_artifact_dir
-from lrsearch.storage import open_storage
-from lrsearch.study import create_or_resume, load
-from lrsearch.trial import TrialRunner
+from lrsearch.review.publish import artifact_dir, default_artifact_dir, publish_trial
+from lrsearch.store.storage import open_storage
+from lrsearch.study.definition import parse_table
+from lrsearch.study.lifecycle import create_or_resume, load
+from lrsearch.study.record import SCORE_ATTR
+from lrsearch.study.runner import TrialRunner
 
 TRIALS = 8
 STUDY = """
@@ -153,7 +154,7 @@ def test_the_study_note_names_the_best_feasible_trial_not_the_dashboards_badge(s
     assert code == 1 and "cannot listen on 127.0.0.1" in err
     note = get_note_from_system_attrs(storage.get_study_system_attrs(study._study_id), None)["body"]
     assert note == ""  # nothing is written before the address is known to work
-    from lrsearch.dashboard import refresh_notes
+    from lrsearch.review.dashboard import refresh_notes
 
     assert refresh_notes(storage) == [("notes", study._study_id)]
     note = get_note_from_system_attrs(storage.get_study_system_attrs(study._study_id), None)["body"]
@@ -169,14 +170,15 @@ def test_a_failing_publish_never_fails_the_trial(
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("lrsearch.publish._publish", broken)
+    monkeypatch.setattr("lrsearch.review.publish._publish", broken)
     from test_trial import SGD
 
     definition = parse_table({"study": {"epochs": 1}, "space": SGD}, "test")
     objective = Synthetic(samples=320)
     study = optuna.create_study(direction="maximize")
-    with caplog.at_level(logging.WARNING, logger="lrsearch.publish"):
-        study.optimize(TrialRunner(definition, objective, objective.load_data(torch.device("cpu"), None)), n_trials=1)
+    with caplog.at_level(logging.WARNING, logger="lrsearch.review.publish"):
+        data = objective.load_data(torch.device("cpu"), None)
+        study.optimize(TrialRunner(definition, objective, data, publish=publish_trial), n_trials=1)
     assert study.trials[0].state == TrialState.COMPLETE
     assert "trial 0: could not publish its curves and notes for the dashboard: OSError: disk full" in caplog.text
 
@@ -200,7 +202,7 @@ def test_artifact_folder_defaults_beside_sqlite_and_can_be_set_or_turned_off(
 
 
 def test_a_busy_port_is_a_message(sqlite_url: str) -> None:
-    from lrsearch.dashboard import check_port
+    from lrsearch.review.dashboard import check_port
 
     open_storage(sqlite_url)  # a database to serve
     with socket.socket() as busy:

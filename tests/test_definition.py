@@ -13,7 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, write_study
-from lrsearch.definition import (
+from lrsearch.errors import ConfigError
+from lrsearch.strategy.optimizers import OPTIMIZERS
+from lrsearch.strategy.params import FloatRange
+from lrsearch.strategy.schedulers import SCHEDULERS, WARMUP_PARAMS
+from lrsearch.strategy.space import SearchSpace
+from lrsearch.study.definition import (
     PRUNERS,
     SAMPLERS,
     Component,
@@ -23,11 +28,6 @@ from lrsearch.definition import (
     load_study_file,
     parse_table,
 )
-from lrsearch.errors import ConfigError
-from lrsearch.optimizers import OPTIMIZERS
-from lrsearch.params import FloatRange
-from lrsearch.schedulers import SCHEDULERS, WARMUP_PARAMS
-from lrsearch.space import SearchSpace
 
 STUDIES = REPO / "studies"
 

@@ -28,12 +28,12 @@ import sqlalchemy
 from click.testing import CliRunner
 from optuna.trial import FrozenTrial, TrialState
 
-import lrsearch.fleet
+import lrsearch.fleet.supervisor
 from conftest import write_study
 from lrsearch.cli import main
 from lrsearch.errors import ConfigError
-from lrsearch.fleet import WorkerSpec, plan_workers, worker_command
-from lrsearch.study import VOID_ATTR
+from lrsearch.fleet.supervisor import WorkerSpec, plan_workers, worker_command
+from lrsearch.study.lifecycle import VOID_ATTR
 
 GRACE = 5
 SLOW = '[objective]\nname = "synthetic_objective:SlowSynthetic"\nsamples = {samples}\n\n[pruner]\nname = "none"\n'
@@ -204,7 +204,7 @@ def test_bad_worker_layouts_say_what_is_wrong(
 
 
 def test_no_cuda_device_is_named(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lrsearch.fleet, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(lrsearch.fleet.supervisor, "cuda_device_count", lambda: 0)
     study = write_study(tmp_path)
     result = CliRunner().invoke(main, ["start", str(study), "--storage", sqlite_url, "--gpus", "0,1"])
     assert result.exit_code == 2

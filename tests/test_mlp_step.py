@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrsearch.mlp_step import MLPStep
+from lrsearch.train.mlp_step import MLPStep
 from synthetic_objective import Synthetic
 
 OBJECTIVE = Synthetic()

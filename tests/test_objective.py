@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lrsearch.errors import DataError, ObjectiveError
-from lrsearch.objective import load_objective
+from lrsearch.train.objective import load_objective
 from lrsearch_objectives.mnist_mlp import MNIST_FILES, MnistMLP, resolve_root
 
 

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from lrsearch.errors import ConfigError
-from lrsearch.params import Choice, FloatRange, IntRange
+from lrsearch.strategy.params import Choice, FloatRange, IntRange
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

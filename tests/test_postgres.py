@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from conftest import SERVER, _connect, write_study
 from lrsearch.cli import main
-from lrsearch.storage import open_storage
+from lrsearch.store.storage import open_storage
 from test_fleet import (
     SLOW,
     _no_leftover_processes,

@@ -6,8 +6,8 @@ import sys
 import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from lrsearch.progress import Progress, duration
-from lrsearch.study import Budget
+from lrsearch.review.progress import Progress, duration
+from lrsearch.study.lifecycle import Budget
 
 
 class Terminal(io.StringIO):

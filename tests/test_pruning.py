@@ -4,8 +4,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lrsearch.definition import Targets
-from lrsearch.pruning import FeasiblePercentilePruner, percentile
+from lrsearch.study.pruning import FeasiblePercentilePruner, percentile
+from lrsearch.study.targets import Targets
 
 TARGETS = Targets(min_val=0.90, max_train=0.95)
 

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from chromium import assert_not_blank, chromium, full_page_screenshot, keep, needs_chromium, wait_for
 from conftest import write_study
 from lrsearch.cli import main
-from lrsearch.definition import parse_table
-from lrsearch.plots import TrialView
-from lrsearch.report import compute_summary, family_rows, ranked, write_report
-from lrsearch.storage import open_storage
-from lrsearch.study import create_or_resume, load
+from lrsearch.review.plots import TrialView
+from lrsearch.review.report import compute_summary, family_rows, ranked, write_report
+from lrsearch.store.storage import open_storage
+from lrsearch.study.definition import parse_table
+from lrsearch.study.lifecycle import create_or_resume, load
 
 SECTIONS = (
     "summary",

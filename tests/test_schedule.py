@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from lrsearch.optimizers import OPTIMIZERS
-from lrsearch.schedule import Schedule
-from lrsearch.schedulers import SCHEDULERS, StepUnit
-from lrsearch.strategy import LRStrategy
+from lrsearch.strategy.optimizers import OPTIMIZERS
+from lrsearch.strategy.schedule import Schedule
+from lrsearch.strategy.schedulers import SCHEDULERS, StepUnit
+from lrsearch.strategy.strategy import LRStrategy
 
 EPOCHS, STEPS = 4, 5
 LR = 0.1
@@ -158,7 +158,7 @@ def strategy(optimizer: str, family: str, warmup_epochs: int, epochs: int = EPOC
 def schedule_trajectory(s: LRStrategy, epochs: int | None = None) -> list[float]:
     """The LR of every batch with the Schedule driver, called the way the training loop calls it."""
     model = _model()
-    schedule = s.build(model.parameters(), STEPS)
+    schedule = Schedule(s, model.parameters(), STEPS)
     lrs = []
     for epoch in range(s.epochs if epochs is None else epochs):
         for _ in range(STEPS):
@@ -198,7 +198,7 @@ def test_trajectory_is_not_trivially_constant(family: str) -> None:
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZER_PARAMS))
 def test_builds_pytorch_optimizer_with_sampled_arguments(optimizer: str) -> None:
-    schedule = strategy(optimizer, "constant", 0).build(_model().parameters(), STEPS)
+    schedule = Schedule(strategy(optimizer, "constant", 0), _model().parameters(), STEPS)
     assert type(schedule.optimizer) is OPTIMIZER_CLASSES[optimizer]
     group = schedule.optimizer.param_groups[0]
     assert group["lr"] == LR
@@ -209,7 +209,7 @@ def test_builds_pytorch_optimizer_with_sampled_arguments(optimizer: str) -> None
 
 @pytest.mark.parametrize("family", [f for f in SCHEDULER_PARAMS if f != "constant"])
 def test_builds_pytorch_scheduler_class(family: str) -> None:
-    schedule = strategy("adam", family, 1).build(_model().parameters(), STEPS)
+    schedule = Schedule(strategy("adam", family, 1), _model().parameters(), STEPS)
     assert type(schedule.scheduler).__name__ == SCHEDULERS[family].torch_name
     assert isinstance(schedule.warmup, lr_scheduler.LinearLR)
     per_epoch = STEPS if SCHEDULERS[family].unit is StepUnit.BATCH else 1
@@ -219,7 +219,7 @@ def test_builds_pytorch_scheduler_class(family: str) -> None:
 @pytest.mark.parametrize("family", list(SCHEDULER_PARAMS))
 def test_steps_only_in_its_own_unit(family: str) -> None:
     model = _model()
-    schedule = strategy("sgd", family, 0).build(model.parameters(), STEPS)
+    schedule = Schedule(strategy("sgd", family, 0), model.parameters(), STEPS)
     unit = SCHEDULERS[family].unit
     before = schedule.lr
     _train_step(model, schedule.optimizer)
@@ -245,7 +245,7 @@ def test_warmup_climbs_linearly_then_the_scheduler_starts_fresh(family: str, war
     cold = strategy("sgd", family, 0, epochs=EPOCHS - warmup_epochs)
     # The same validation losses, shifted by the warmup epochs.
     model = _model()
-    schedule = cold.build(model.parameters(), STEPS)
+    schedule = Schedule(cold, model.parameters(), STEPS)
     rest = []
     for epoch in range(cold.epochs):
         for _ in range(STEPS):
@@ -267,7 +267,7 @@ def test_warmup_climbs_linearly_then_the_scheduler_starts_fresh(family: str, war
 
 
 def test_lr_property_reads_the_first_param_group() -> None:
-    schedule: Schedule = strategy("sgd", "constant", 0).build(_model().parameters(), STEPS)
+    schedule: Schedule = Schedule(strategy("sgd", "constant", 0), _model().parameters(), STEPS)
     schedule.optimizer.param_groups[0]["lr"] = 0.25
     assert schedule.lr == 0.25
 
@@ -277,7 +277,7 @@ def test_lr_property_reads_the_first_param_group() -> None:
 def test_a_step_before_the_optimizer_step_would_fail_these_tests(family: str, warmup_epochs: int) -> None:
     """PyTorch warns (an error in this suite) when a scheduler steps before the optimizer (ReduceLROnPlateau
     excepted): the trajectory tests above would catch a driver that stepped too early."""
-    schedule = strategy("sgd", family, warmup_epochs).build(_model().parameters(), STEPS)
+    schedule = Schedule(strategy("sgd", family, warmup_epochs), _model().parameters(), STEPS)
     with pytest.warns(UserWarning, match=r"lr_scheduler.step\(\)` before `optimizer.step\(\)`"):
         schedule.after_batch()
         schedule.after_epoch(1.0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lrsearch.definition import Targets
-from lrsearch.records import EpochRecord
-from lrsearch.scoring import EpochSelector
+from lrsearch.study.scoring import EpochSelector
+from lrsearch.study.targets import Targets
+from lrsearch.train.records import EpochRecord
 
 TARGETS = Targets(min_val=0.90, max_train=0.95, overfit_patience=2)
 

@@ -8,11 +8,12 @@ import optuna
 import pytest
 
 from lrsearch.errors import ConfigError
-from lrsearch.optimizers import OPTIMIZERS
-from lrsearch.params import Choice, FloatRange, IntRange
-from lrsearch.schedulers import SCHEDULERS, WARMUP_PARAMS
-from lrsearch.space import DEFAULT_LR, SearchSpace
-from lrsearch.strategy import LRStrategy
+from lrsearch.strategy.optimizers import OPTIMIZERS
+from lrsearch.strategy.params import Choice, FloatRange, IntRange
+from lrsearch.strategy.schedule import Schedule
+from lrsearch.strategy.schedulers import SCHEDULERS, WARMUP_PARAMS
+from lrsearch.strategy.space import DEFAULT_LR, SearchSpace
+from lrsearch.strategy.strategy import LRStrategy
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -87,7 +88,7 @@ def test_sampled_strategies_build_and_step(samples: list[tuple[dict[str, Any], L
 
     for _, strategy in samples[:60]:
         model = torch.nn.Linear(2, 1)
-        schedule = strategy.build(model.parameters(), 3)
+        schedule = Schedule(strategy, model.parameters(), 3)
         used = []
         for _ in range(strategy.epochs):
             for _ in range(3):

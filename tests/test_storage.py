@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from lrsearch.storage import open_storage
+from lrsearch.store.storage import open_storage
 
 
 def test_sqlite_runs_in_wal_mode_with_normal_sync(sqlite_url: str) -> None:

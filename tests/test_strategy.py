@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from lrsearch.schedulers import SCHEDULERS, StepUnit
-from lrsearch.strategy import LRStrategy
+from lrsearch.strategy.schedule import Schedule
+from lrsearch.strategy.schedulers import SCHEDULERS, StepUnit
+from lrsearch.strategy.strategy import LRStrategy
 from test_schedule import OPTIMIZER_PARAMS, SCHEDULER_PARAMS, STEPS, VAL_LOSSES, schedule_trajectory, strategy
 
 
@@ -197,7 +198,7 @@ def test_cosine_decays_to_its_floor_at_the_horizon() -> None:
     """The horizon is right: a cosine planned over 4 epochs reaches eta_min at the end of the 4th."""
     s = strategy("sgd", "cosine", 1)
     model = torch.nn.Linear(3, 1)
-    schedule = s.build(model.parameters(), STEPS)
+    schedule = Schedule(s, model.parameters(), STEPS)
     for _ in range(s.epochs):
         model.weight.grad = torch.ones_like(model.weight)
         schedule.optimizer.step()

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from lrsearch.records import EpochRecord
-from lrsearch.strategy import LRStrategy
-from lrsearch.training import evaluate, steps_per_epoch, train
+from lrsearch.strategy.schedule import Schedule
+from lrsearch.strategy.strategy import LRStrategy
+from lrsearch.train.loop import evaluate, steps_per_epoch, train
+from lrsearch.train.records import EpochRecord
 from synthetic_objective import Synthetic
 
 OBJECTIVE = Synthetic(samples=640, batch_size=64)
@@ -24,7 +25,7 @@ def plain_loop(strategy: LRStrategy, seed: int) -> list[dict[str, float]]:
     """The same training written the usual way, step by step, as the reference for the fast loop."""
     torch.manual_seed(seed)
     model = OBJECTIVE.make_model()
-    schedule = strategy.build(model.parameters(), steps_per_epoch(DATA, OBJECTIVE.batch_size), fused=False)
+    schedule = Schedule(strategy, model.parameters(), steps_per_epoch(DATA, OBJECTIVE.batch_size), fused=False)
     generator = torch.Generator().manual_seed(seed)
     n = len(DATA.train_targets)
     out = []
@@ -89,9 +90,9 @@ def test_fast_loop_matches_a_plain_loop(strategy: LRStrategy) -> None:
 def test_the_fast_loop_uses_fused_kernels_where_pytorch_has_them() -> None:
     model = OBJECTIVE.make_model()
     for optimizer, fused in [("sgd", True), ("adam", True), ("adamw", True), ("adagrad", True), ("rmsprop", None)]:
-        schedule = LRStrategy(optimizer, 0.01, "constant", 3).build(model.parameters(), 10)
+        schedule = Schedule(LRStrategy(optimizer, 0.01, "constant", 3), model.parameters(), 10)
         assert schedule.optimizer.defaults.get("fused") is fused, optimizer
-        plain = LRStrategy(optimizer, 0.01, "constant", 3).build(model.parameters(), 10, fused=False)
+        plain = Schedule(LRStrategy(optimizer, 0.01, "constant", 3), model.parameters(), 10, fused=False)
         assert not plain.optimizer.defaults.get("fused"), optimizer
 
 

@@ -4,8 +4,8 @@ import optuna
 import pytest
 import torch
 
-from lrsearch.definition import parse_table
-from lrsearch.trial import TrialRunner
+from lrsearch.study.definition import parse_table
+from lrsearch.study.runner import TrialRunner
 from synthetic_objective import Synthetic
 
 OBJECTIVE = Synthetic(samples=640)

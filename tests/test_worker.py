@@ -21,16 +21,17 @@ import sqlalchemy
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-import lrsearch.storage
-import lrsearch.worker
+import lrsearch.fleet.worker
+import lrsearch.store.storage
 from conftest import write_study
 from lrsearch.cli import main
-from lrsearch.definition import load_study_file
 from lrsearch.errors import ConfigError, StorageError
-from lrsearch.storage import open_storage, retry_transient
-from lrsearch.study import VOID_ATTR, Budget, budget, create_or_resume, load
-from lrsearch.trial import trial_seed
-from lrsearch.worker import WORKER_ATTR, pick_device, run_worker, worker_id
+from lrsearch.fleet.worker import WORKER_ATTR, pick_device, run_worker, worker_id
+from lrsearch.store.retry import retry_transient
+from lrsearch.store.storage import open_storage
+from lrsearch.study.definition import load_study_file
+from lrsearch.study.lifecycle import VOID_ATTR, Budget, budget, create_or_resume, load
+from lrsearch.study.runner import trial_seed
 
 NO_PRUNING = '[pruner]\nname = "none"\n'
 
@@ -148,7 +149,7 @@ def test_a_dead_workers_trial_is_run_again_with_its_params_and_seed(
 def test_a_trial_that_never_had_a_heartbeat_is_voided(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lrsearch.worker, "HEARTBEAT_GRACE", 0)
+    monkeypatch.setattr(lrsearch.fleet.worker, "HEARTBEAT_GRACE", 0)
     name = make_study(tmp_path, sqlite_url, trials=2)
     orphan = _ask_with_params(sqlite_url, name, seed=None)  # its worker died before the first heartbeat
     time.sleep(0.05)
@@ -178,8 +179,8 @@ def test_a_trial_made_while_the_lock_was_lost_is_voided_beyond_the_budget(
 
         yield held
 
-    monkeypatch.setattr(lrsearch.worker, "budget_lock", lock_lost_during_ask)
-    trial, state = lrsearch.worker._claim(study, study._storage._backend, lrsearch.worker.Stopper())
+    monkeypatch.setattr(lrsearch.fleet.worker, "budget_lock", lock_lost_during_ask)
+    trial, state = lrsearch.fleet.worker._claim(study, study._storage._backend, lrsearch.fleet.worker.Stopper())
     assert trial is None and state == Budget(finished=0, running=1, waiting=0, total=1)
     ours = study.get_trials(deepcopy=False)[0]
     assert ours.state == TrialState.FAIL and "beyond the budget" in ours.user_attrs[VOID_ATTR]
@@ -211,7 +212,7 @@ def test_a_trial_that_fails_records_why_and_which_worker_ran_it(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = make_study(tmp_path, sqlite_url, trials=2)
-    monkeypatch.setattr(lrsearch.worker, "TrialRunner", _FailingRunner)
+    monkeypatch.setattr(lrsearch.fleet.worker, "TrialRunner", _FailingRunner)
     with pytest.raises(RuntimeError, match="boom"):
         run_worker(sqlite_url, name)
     study, _ = load(open_storage(sqlite_url), name)
@@ -225,7 +226,7 @@ def test_sigterm_fails_the_running_trial_and_queues_it(
 ) -> None:
     name = make_study(tmp_path, sqlite_url, trials=2)
     with monkeypatch.context() as patch:
-        patch.setattr(lrsearch.worker, "TrialRunner", _SignalledRunner)
+        patch.setattr(lrsearch.fleet.worker, "TrialRunner", _SignalledRunner)
         started = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             run_worker(sqlite_url, name)
@@ -249,14 +250,14 @@ def test_a_lock_timeout_is_retried_not_fatal(
 ) -> None:
     name = make_study(tmp_path, sqlite_url, trials=2)
     running = _ask_with_params(sqlite_url, name)
-    monkeypatch.setattr(lrsearch.storage, "SQLITE_BUSY_TIMEOUT", 0.1)  # SQLite gives up after 0.1 s
+    monkeypatch.setattr(lrsearch.store.storage, "SQLITE_BUSY_TIMEOUT", 0.1)  # SQLite gives up after 0.1 s
     storage = open_storage(sqlite_url, retry_seconds=30)  # as a worker opens it
     blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), check_same_thread=False)
     blocker.execute("BEGIN EXCLUSIVE")  # another program holds the write lock for 1.5 s
     release = threading.Timer(1.5, blocker.rollback)
     release.start()
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="lrsearch.storage"):
+    with caplog.at_level(logging.WARNING, logger="lrsearch.store.retry"):
         storage.set_trial_intermediate_value(running._trial_id, 2, 0.75)  # what trial.report does
     release.join()
     blocker.close()
@@ -266,7 +267,7 @@ def test_a_lock_timeout_is_retried_not_fatal(
 
 
 def test_retry_gives_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lrsearch.storage, "BACKOFF_FIRST", 0.01)
+    monkeypatch.setattr(lrsearch.store.retry, "BACKOFF_FIRST", 0.01)
     calls: list[int] = []
 
     def flaky() -> str:
@@ -297,7 +298,7 @@ def test_retry_gives_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) ->
 def test_worker_exits_with_a_message_when_the_database_stays_unreachable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(lrsearch.worker, "STORAGE_RETRY_SECONDS", 2)
+    monkeypatch.setattr(lrsearch.fleet.worker, "STORAGE_RETRY_SECONDS", 2)
     url = "postgresql+psycopg2://postgres@127.0.0.1:1/test"  # nothing listens on port 1
     result = CliRunner().invoke(main, ["worker", "--storage", url, "--study-name", "x"])
     assert result.exit_code == 1, result.output
@@ -318,7 +319,7 @@ def test_a_device_torch_cannot_use_is_a_clear_error() -> None:
 
 
 def test_two_processes_creating_a_new_database_at_once(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    real, calls = lrsearch.storage._retrying_storage_class(), []
+    real, calls = lrsearch.store.storage._retrying_storage_class(), []
 
     def slower_process(*args: Any, **kwargs: Any) -> Any:  # the other process made the tables first
         calls.append(1)
@@ -326,5 +327,5 @@ def test_two_processes_creating_a_new_database_at_once(sqlite_url: str, monkeypa
             raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lrsearch.storage, "_retrying_storage_class", lambda: slower_process)
+    monkeypatch.setattr(lrsearch.store.storage, "_retrying_storage_class", lambda: slower_process)
     assert open_storage(sqlite_url).get_all_studies() == [] and len(calls) == 2

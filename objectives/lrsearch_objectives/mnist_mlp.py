@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lrsearch.errors import DataError
-from lrsearch.objective import Objective, TrainingData
+from lrsearch.train.objective import Objective, TrainingData
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from lrsearch.errors import ConfigError, DataError, LRSearchError, ObjectiveError, StorageError
 
 if TYPE_CHECKING:
-    from lrsearch.objective import Objective, TrainingData
-    from lrsearch.strategy import LRStrategy
+    from lrsearch.strategy.strategy import LRStrategy
+    from lrsearch.train.objective import Objective, TrainingData
 
 __all__ = [
     "ConfigError",
@@ -25,9 +25,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Objective": "lrsearch.objective",
-    "TrainingData": "lrsearch.objective",
-    "LRStrategy": "lrsearch.strategy",
+    "Objective": "lrsearch.train.objective",
+    "TrainingData": "lrsearch.train.objective",
+    "LRStrategy": "lrsearch.strategy.strategy",
 }
 
 

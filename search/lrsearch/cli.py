@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from lrsearch.errors import ConfigError, LRSearchError
-from lrsearch.storage import DEFAULT_STORAGE, mask_url
+from lrsearch.store.urls import DEFAULT_STORAGE, mask_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -130,10 +130,10 @@ def start(
     default study (studies/mnist.toml). With --workers or --gpus the trials run in several processes; more
     can join from any host with `lrsearch worker`.
     """
-    from lrsearch.fleet import plan_workers
-    from lrsearch.storage import open_storage
-    from lrsearch.study import budget, create_or_resume
-    from lrsearch.worker import pick_device
+    from lrsearch.fleet.supervisor import plan_workers
+    from lrsearch.fleet.worker import pick_device
+    from lrsearch.store.storage import open_storage
+    from lrsearch.study.lifecycle import budget, create_or_resume
 
     layout = (workers, gpus, per_gpu, device)
     plan_workers(*layout, remaining=sys.maxsize)  # a bad layout is refused before the database is touched
@@ -172,9 +172,10 @@ def _resolve(
     """Check everything that can be wrong before a study is written: the study file and the flags, a stored
     definition they must match, and for a new study its objective (and, for `start`, its data). A new SQLite
     database is not even created: a refused command leaves no file behind."""
-    from lrsearch.definition import default_study_file, load_study_file
-    from lrsearch.storage import is_new_database, open_storage
-    from lrsearch.study import check_resumable, load, study_names
+    from lrsearch.store.storage import open_storage
+    from lrsearch.store.urls import is_new_database
+    from lrsearch.study.definition import default_study_file, load_study_file
+    from lrsearch.study.lifecycle import check_resumable, load, study_names
 
     overrides["name"] = overrides.pop("study_name")
     base = load_study_file(study_file or default_study_file())
@@ -202,7 +203,7 @@ def _resolve(
 
 
 def _check_objective(definition: Any, data_dir: Path | None, *, check_data: bool) -> None:
-    from lrsearch.objective import load_data, load_objective
+    from lrsearch.train.objective import load_data, load_objective
 
     objective = load_objective(definition.objective, definition.objective_options)
     if check_data:
@@ -213,8 +214,8 @@ def _check_objective(definition: Any, data_dir: Path | None, *, check_data: bool
 
 def _echo_plan(storage: str, plan: _Plan, layout: tuple[str | None, str | None, int, str]) -> None:
     """`start --dry-run`: what would run, on stdout."""
-    from lrsearch.fleet import plan_workers
-    from lrsearch.study import budget
+    from lrsearch.fleet.supervisor import plan_workers
+    from lrsearch.study.lifecycle import budget
 
     definition, finished = plan.definition, 0
     if plan.study is not None:
@@ -228,8 +229,8 @@ def _echo_plan(storage: str, plan: _Plan, layout: tuple[str | None, str | None, 
 
 
 def _run_start(storage: str, study_name: str, total: int, device: str, data_dir: Path | None) -> None:
-    from lrsearch.progress import Progress
-    from lrsearch.worker import run_worker
+    from lrsearch.fleet.worker import run_worker
+    from lrsearch.review.progress import Progress
 
     progress = Progress(total, started=time.monotonic())
     click.echo(f"lrsearch: study '{study_name}' in {mask_url(storage)}, {total} trials", err=True)
@@ -243,8 +244,8 @@ def _echo_next_step(study_name: str, storage: str) -> None:
 
 
 def _run_fleet(storage: str, study: Any, total: int, data_dir: Path | None, specs: list[Any]) -> None:
-    from lrsearch.fleet import run_fleet
-    from lrsearch.progress import Progress
+    from lrsearch.fleet.supervisor import run_fleet
+    from lrsearch.review.progress import Progress
 
     progress = Progress(total, started=time.monotonic())
     click.echo(
@@ -271,8 +272,8 @@ def create(study_file: Path | None, storage: str, **overrides: Any) -> None:
     For setups where the workers start on their own: `lrsearch create` once, then `lrsearch worker` anywhere.
     Running it again is harmless; --trials changes the budget of an existing study.
     """
-    from lrsearch.storage import open_storage
-    from lrsearch.study import budget, create_or_resume
+    from lrsearch.store.storage import open_storage
+    from lrsearch.study.lifecycle import budget, create_or_resume
 
     plan = _resolve(storage, study_file, overrides)
     study = create_or_resume(plan.db or open_storage(storage), plan.definition)
@@ -305,10 +306,11 @@ def worker(
     The study definition (space, objective, sampler, pruner, targets, budget) is read from the storage; give
     the same --storage URL as the other workers (a PostgreSQL URL across hosts).
     """
-    from lrsearch.progress import Progress
-    from lrsearch.storage import open_storage, require_database
-    from lrsearch.study import budget, load, stored_total
-    from lrsearch.worker import pick_device, run_worker, worker_id
+    from lrsearch.fleet.worker import pick_device, run_worker, worker_id
+    from lrsearch.review.progress import Progress
+    from lrsearch.store.storage import open_storage
+    from lrsearch.store.urls import require_database
+    from lrsearch.study.lifecycle import budget, load, stored_total
 
     require_database(storage)  # a SQLite file must be there; a PostgreSQL server still starting is waited for
     pick_device(device)
@@ -345,7 +347,7 @@ def _progress_with_total(progress: Any) -> Callable[[Any, Any], None]:
 
 
 def _study_name(db: Any, study_name: str | None) -> str:
-    from lrsearch.study import study_names
+    from lrsearch.study.lifecycle import study_names
 
     if study_name is None:
         names = study_names(db)
@@ -357,8 +359,8 @@ def _study_name(db: Any, study_name: str | None) -> str:
 
 
 def _open(storage: str, study_name: str | None) -> tuple[Any, Any]:
-    from lrsearch.storage import open_storage
-    from lrsearch.study import load
+    from lrsearch.store.storage import open_storage
+    from lrsearch.study.lifecycle import load
 
     db = open_storage(storage, must_exist=True)
     return load(db, _study_name(db, study_name))
@@ -371,7 +373,7 @@ def _open(storage: str, study_name: str | None) -> tuple[Any, Any]:
 @_errors_to_exit_codes
 def best(storage: str, study_name: str | None, as_json: bool) -> None:
     """The best feasible strategy: epochs to train, its epoch table and the PyTorch code."""
-    from lrsearch.results import best_summary, format_best
+    from lrsearch.review.results import best_summary, format_best
 
     summary = best_summary(*_open(storage, study_name))
     click.echo(json.dumps(summary, indent=2) if as_json else format_best(summary))
@@ -384,7 +386,7 @@ def best(storage: str, study_name: str | None, as_json: bool) -> None:
 @_errors_to_exit_codes
 def trials(storage: str, study_name: str | None, as_json: bool) -> None:
     """A line per trial: state, optimizer, scheduler, LR, feasibility, accuracies, chosen epoch."""
-    from lrsearch.results import format_trials, trial_rows
+    from lrsearch.review.results import format_trials, trial_rows
 
     rows = trial_rows(_open(storage, study_name)[0])
     click.echo(json.dumps(rows, indent=2) if as_json else format_trials(rows))
@@ -408,7 +410,7 @@ def trials(storage: str, study_name: str | None, as_json: bool) -> None:
 @_errors_to_exit_codes
 def dashboard(storage: str, host: str, port: int, artifact_dir: str | None) -> None:
     """Serve optuna-dashboard on the study database: curves, notes, the best feasible trial per study."""
-    from lrsearch.dashboard import serve
+    from lrsearch.review.dashboard import serve
 
     serve(storage, host=host, port=port, artifact_folder=artifact_dir)
 
@@ -426,7 +428,7 @@ def report(storage: str, study_name: str | None, out: Path | None) -> None:
     """Write a self-contained HTML report (opens offline) and its plots as PNG files."""
     import re
 
-    from lrsearch.report import write_report
+    from lrsearch.review.report import write_report
 
     study, definition = _open(storage, study_name)
     folder = out or Path("lrsearch-report-" + re.sub(r"[^\w.-]+", "-", study.study_name))
@@ -440,8 +442,8 @@ def report(storage: str, study_name: str | None, out: Path | None) -> None:
 @_errors_to_exit_codes
 def studies(storage: str, as_json: bool) -> None:
     """The studies in the storage, with their trial counts and best feasible value."""
-    from lrsearch.results import study_rows
-    from lrsearch.storage import open_storage
+    from lrsearch.review.results import study_rows
+    from lrsearch.store.storage import open_storage
 
     rows = study_rows(open_storage(storage, must_exist=True))
     if as_json:

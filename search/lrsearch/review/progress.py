@@ -17,7 +17,7 @@ from typing import TextIO
 
 from optuna.trial import FrozenTrial
 
-from lrsearch.study import Budget
+from lrsearch.study.lifecycle import Budget
 
 INTERVAL_ENV = "LRSEARCH_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 30.0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lrsearch.definition import Targets
-from lrsearch.records import EpochRecord
+from lrsearch.study.targets import Targets
+from lrsearch.train.records import EpochRecord
 
 
 @dataclass

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import ConfigError
-from lrsearch.optimizers import OPTIMIZERS
-from lrsearch.params import Choice, FloatRange, IntRange, ParamSpec
-from lrsearch.schedulers import SCHEDULERS, WARMUP_PARAMS
-from lrsearch.strategy import LRStrategy
+from lrsearch.strategy.optimizers import OPTIMIZERS
+from lrsearch.strategy.params import Choice, FloatRange, IntRange, ParamSpec
+from lrsearch.strategy.schedulers import SCHEDULERS, WARMUP_PARAMS
+from lrsearch.strategy.strategy import LRStrategy
 
 if TYPE_CHECKING:
     import optuna

@@ -5,20 +5,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from lrsearch.errors import ConfigError, StorageError
+from lrsearch.errors import StorageError
+from lrsearch.store.retry import _chain, first_line, is_transient, retry_transient
+from lrsearch.store.urls import check_sqlite_folder, mask_url, parse_url, require_database
 
 if TYPE_CHECKING:
     import optuna
     import sqlalchemy
 
-DEFAULT_STORAGE = "sqlite:///lrsearch.db"
 # A worker's trial is declared dead when no heartbeat came for GRACE seconds; then it is failed and run again.
 HEARTBEAT_INTERVAL = int(os.environ.get("LRSEARCH_HEARTBEAT_INTERVAL", "20"))
 HEARTBEAT_GRACE = int(os.environ.get("LRSEARCH_HEARTBEAT_GRACE", "120"))
@@ -26,91 +25,11 @@ SQLITE_BUSY_TIMEOUT = 60  # seconds a writer waits for the lock before SQLite gi
 # A worker retries a storage call that failed for a transient reason (lock timeout, dropped connection, server
 # restarting) with backoff for this long, then gives up with a StorageError.
 STORAGE_RETRY_SECONDS = float(os.environ.get("LRSEARCH_STORAGE_RETRY_SECONDS", "300"))
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 15.0
 # Seconds to wait for a PostgreSQL server to answer a new connection (psycopg2 waits for the OS otherwise: minutes
 # for a host that drops packets). A URL's own ?connect_timeout= wins.
 CONNECT_TIMEOUT = 10
-URL_EXAMPLES = "e.g. sqlite:///lrsearch.db or postgresql+psycopg2://user:password@host:5432/dbname"
-
-# "Operational" errors that waiting does not fix: a wrong URL, password, database name or path.
-_PERMANENT = (
-    "authentication failed",
-    "does not exist",
-    "no password supplied",
-    "could not translate host name",
-    "unable to open database file",
-    "Name or service not known",
-)
 
 _logger = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for logs and messages."""
-    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", url)
-
-
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """The error and its causes (optuna wraps SQLAlchemy's error, which wraps the driver's)."""
-    seen: BaseException | None = error
-    for _ in range(5):
-        if seen is None:
-            return
-        yield seen
-        seen = seen.__cause__ or seen.__context__
-
-
-def is_transient(error: BaseException) -> bool:
-    """True for a storage failure that may pass if tried again: lock timeout, lost connection, server down."""
-    import sqlalchemy
-
-    transient = (
-        sqlalchemy.exc.OperationalError,
-        sqlalchemy.exc.InterfaceError,
-        sqlalchemy.exc.DisconnectionError,
-    )
-    chain = list(_chain(error))
-    if any(marker in str(e) for e in chain for marker in _PERMANENT):
-        return False
-    return any(
-        isinstance(e, transient) or (isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated)
-        for e in chain
-    )
-
-
-def first_line(error: BaseException) -> str:
-    """The driver's message of a storage error (first line, password masked), not SQLAlchemy's boilerplate."""
-    import sqlalchemy
-
-    for e in _chain(error):
-        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.orig is not None:
-            error = e.orig
-            break
-    lines = str(error).strip().splitlines()
-    return mask_url(lines[0] if lines else type(error).__name__)
-
-
-def retry_transient(call: Callable[[], T], what: str, retry_seconds: float, shown_url: str = "") -> T:
-    """`call()`, tried again with backoff while it fails for a transient reason, for `retry_seconds`."""
-    deadline = time.monotonic() + retry_seconds
-    delay = BACKOFF_FIRST
-    while True:
-        try:
-            return call()
-        except Exception as e:
-            if not is_transient(e):
-                raise
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise StorageError(
-                    f"the study database {shown_url or ''} stayed unreachable for {retry_seconds:.0f}s "
-                    f"({what}: {first_line(e)}); check that the database server runs and the URL is right, "
-                    "then start the worker again (a trial it was running is re-run by another worker)"
-                ) from e
-            _logger.warning("storage error in %s (%s); retrying in %.1fs", what, first_line(e), min(delay, left))
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, BACKOFF_MAX)
 
 
 # The RDBStorage methods that talk to the database: the public ones and the private ones optuna's cache calls.
@@ -163,7 +82,7 @@ def _retrying_storage_class() -> type[optuna.storages.RDBStorage]:
 
         return wrapper
 
-    from lrsearch.batching import save_study_note, set_trial_data
+    from lrsearch.store.batching import save_study_note, set_trial_data
 
     namespace: dict[str, Any] = {name: retried(name) for name in _RETRIED_METHODS}
     namespace.update(retry_seconds=0.0, shown_url="")
@@ -191,50 +110,6 @@ def open_storage(url: str, *, retry_seconds: float = 0.0, must_exist: bool = Fal
         opening = functools.partial(_open_storage, url, retry_seconds)
         return retry_transient(opening, "opening the storage", retry_seconds, mask_url(url))
     return _open_storage(url, 0.0)
-
-
-def parse_url(url: str) -> sqlalchemy.URL:
-    """The parsed storage URL; a malformed one is a ConfigError that shows it with its password masked."""
-    import sqlalchemy
-
-    try:
-        return sqlalchemy.engine.make_url(url)
-    except (sqlalchemy.exc.ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
-        problem = "its port is not a number" if isinstance(e, ValueError) else "it is not a SQLAlchemy URL"
-        raise ConfigError(f"storage URL '{mask_url(url)}': {problem}; use {URL_EXAMPLES}") from None
-
-
-def sqlite_file(url: str | sqlalchemy.URL) -> Path | None:
-    """The database file of a SQLite URL (None for other databases and for an in-memory one)."""
-    parsed = parse_url(url) if isinstance(url, str) else url
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(os.path.abspath(parsed.database))
-
-
-def check_sqlite_folder(url: str) -> Path | None:
-    """The database file of a SQLite URL (see `sqlite_file`), whose folder must exist."""
-    file = sqlite_file(url)
-    if file is not None and not file.parent.is_dir():
-        raise ConfigError(f"storage '{mask_url(url)}': folder {file.parent} does not exist; create it or fix the path")
-    return file
-
-
-def is_new_database(url: str) -> bool:
-    """True for a SQLite URL whose file does not exist yet: it holds no study, and opening it would create it.
-    Its folder must exist."""
-    file = check_sqlite_folder(url)
-    return file is not None and not file.exists()
-
-
-def require_database(url: str) -> None:
-    """A SQLite URL must name an existing file: a typo in --storage must not create an empty database."""
-    file = sqlite_file(url)
-    if file is not None and not file.is_file():
-        raise ConfigError(
-            f"storage '{mask_url(url)}': the database file {file} does not exist; check --storage (or "
-            "LRSEARCH_STORAGE), or create a study there first with lrsearch start or lrsearch create"
-        )
 
 
 def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:

@@ -29,7 +29,7 @@ from optuna.storages._cached_storage import _CachedStorage
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 
 from lrsearch.errors import StorageError
-from lrsearch.storage import is_transient
+from lrsearch.store.retry import is_transient
 
 if TYPE_CHECKING:
     import optuna
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 CONSTRAINT_PREFIX = f"{_CONSTRAINTS_KEY}:"  # optuna 5 keeps constraint `k` as trial system attribute `constraints:k`
 
 
-# --- the backend side: methods of lrsearch's RDBStorage (see lrsearch.storage) ------------------------------
+# --- the backend side: methods of lrsearch's RDBStorage (see lrsearch.store.storage) ------------------------------
 
 
 def set_trial_data(

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
 
-from lrsearch.batching import shared_reads, write_trial
-from lrsearch.definition import StudyDefinition
-from lrsearch.objective import Objective, TrainingData
-from lrsearch.publish import dashboard_attrs, publish_trial
-from lrsearch.records import EpochRecord
-from lrsearch.scoring import EpochSelector
-from lrsearch.training import steps_per_epoch, train
+from lrsearch.store.batching import shared_reads, write_trial
+from lrsearch.study.definition import StudyDefinition
+from lrsearch.study.record import dashboard_attrs
+from lrsearch.study.scoring import EpochSelector
+from lrsearch.train.loop import steps_per_epoch, train
+from lrsearch.train.objective import Objective, TrainingData
+from lrsearch.train.records import EpochRecord
 
 _logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class TrialRunner:
     objective: Objective
     data: TrainingData
     worker: str = ""  # recorded as the trial's user attribute `worker` (host:pid)
+    # Called once a trial's result is known, before it is told to Optuna: the worker publishes notes there.
+    publish: Callable[[optuna.Trial, StudyDefinition, bool], None] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         definition = self.definition
@@ -109,5 +112,6 @@ class TrialRunner:
             user_attrs={**summary, **dashboard_attrs(summary, history, complete=complete)},
             constraints=selector.constraints(chosen) if complete else None,
         )
-        publish_trial(trial, self.definition, complete=complete)  # notes and artifacts for the dashboard
+        if self.publish is not None:
+            self.publish(trial, self.definition, complete)
         return chosen

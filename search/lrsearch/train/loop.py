@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 import torch
 
-from lrsearch.mlp_step import MLPStep
-from lrsearch.objective import Objective, TrainingData
-from lrsearch.records import EpochRecord
-from lrsearch.strategy import LRStrategy
+from lrsearch.strategy.schedule import Schedule
+from lrsearch.strategy.strategy import LRStrategy
+from lrsearch.train.mlp_step import MLPStep
+from lrsearch.train.objective import Objective, TrainingData
+from lrsearch.train.records import EpochRecord
 
 EVAL_BATCH = 2048  # measured on a CPU core: 10% faster than 8192 (the activations stay in cache)
 
@@ -46,7 +47,7 @@ def train(
     torch.manual_seed(seed)
     model = objective.make_model().to(device)
     batch_size = objective.batch_size
-    schedule = strategy.build(model.parameters(), steps_per_epoch(data, batch_size), fused=fast_kernels)
+    schedule = Schedule(strategy, model.parameters(), steps_per_epoch(data, batch_size), fused=fast_kernels)
     optimizer = schedule.optimizer
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)

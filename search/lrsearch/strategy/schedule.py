@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lrsearch.optimizers import OPTIMIZERS
-from lrsearch.schedulers import SCHEDULERS, StepUnit
+from lrsearch.strategy.optimizers import OPTIMIZERS
+from lrsearch.strategy.schedulers import SCHEDULERS, StepUnit
 
 if TYPE_CHECKING:
-    from lrsearch.strategy import LRStrategy
+    from lrsearch.strategy.strategy import LRStrategy
 
 
 class Schedule:

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.definition import StudyDefinition
+from lrsearch.study.definition import StudyDefinition
+from lrsearch.study.record import SCORE_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -37,8 +37,6 @@ _logger = logging.getLogger(__name__)
 
 ARTIFACT_DIR_ENV = "LRSEARCH_ARTIFACT_DIR"
 ARTIFACTS_OFF = "off"
-CURVES = ("val_acc", "train_acc", "val_loss", "train_loss", "lr")
-SCORE_ATTR = "feasible_val_acc"
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "lr_end", "seconds")
 
 
@@ -49,7 +47,7 @@ def default_artifact_dir(storage_url: str | None) -> Path | None:
     """`<database file>.artifacts/` beside a SQLite file; None (no artifacts) for other databases, whose
     workers may run on hosts that share no folder."""
     from lrsearch.errors import ConfigError
-    from lrsearch.storage import sqlite_file
+    from lrsearch.store.urls import sqlite_file
 
     if not storage_url:
         return None
@@ -81,7 +79,7 @@ def storage_url_of(storage: object) -> str | None:
 # --- the hook -----------------------------------------------------------------------------------------------
 
 
-def publish_trial(trial: optuna.Trial, definition: StudyDefinition, *, complete: bool) -> None:
+def publish_trial(trial: optuna.Trial, definition: StudyDefinition, complete: bool) -> None:
     """Called by the trial runner once a trial's result is known, before it is told to Optuna (a finished
     trial takes no more attributes or artifacts). `complete` is False for a pruned trial."""
     try:
@@ -95,15 +93,6 @@ def publish_trial(trial: optuna.Trial, definition: StudyDefinition, *, complete:
         )
 
 
-def dashboard_attrs(
-    summary: Mapping[str, Any], history: Sequence[Mapping[str, Any]], *, complete: bool
-) -> dict[str, Any]:
-    """The user attributes for the dashboard's trial table: the score and the per-epoch curves. The trial
-    runner writes them with the trial's summary (`summary`: feasible, val_acc, ...)."""
-    score = float(summary["val_acc"]) if complete and summary.get("feasible") else 0.0
-    return {SCORE_ATTR: score, **{f"curve_{key}": [_short(row.get(key)) for row in history] for key in CURVES}}
-
-
 def _publish(trial: optuna.Trial, definition: StudyDefinition, *, complete: bool) -> None:
     attrs = dict(trial.user_attrs)
     history: list[dict[str, Any]] = list(attrs.get("history", []))
@@ -113,18 +102,11 @@ def _publish(trial: optuna.Trial, definition: StudyDefinition, *, complete: bool
     if folder is not None:
         uploaded = _upload_artifacts(trial, folder, history, attrs, definition, plot=complete)
 
-    from lrsearch.batching import save_note
+    from lrsearch.store.batching import save_note
 
     save_note(trial, trial_note(trial.number, attrs, definition, complete=complete, artifacts=uploaded))
     best = _best_candidate(trial.study, (trial.number, attrs) if feasible else None)
     write_study_note(trial.study, study_note(trial.study.study_name, definition, best))
-
-
-def _short(value: Any) -> float | None:
-    """A number to 4 significant digits for the curve attributes; None for a missing or non-finite value."""
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(f"{value:.4g}")
 
 
 # --- artifacts ----------------------------------------------------------------------------------------------
@@ -159,7 +141,7 @@ def _upload_artifacts(
 def _curves_png(
     number: int, history: list[dict[str, Any]], attrs: Mapping[str, Any], definition: StudyDefinition
 ) -> bytes:
-    from lrsearch.plots import trial_curves
+    from lrsearch.review.plots import trial_curves
 
     targets = definition.targets
     title = f"trial {number}: {attrs.get('strategy', '')}"
@@ -282,14 +264,14 @@ def study_note(study_name: str, definition: StudyDefinition, best: tuple[int, Ma
 
 
 def write_study_note(study: optuna.Study, text: str) -> None:
-    from lrsearch.batching import save_note
+    from lrsearch.store.batching import save_note
 
     save_note(study, text, only_if_changed=True)
 
 
 def refresh_study_note(study: optuna.Study, definition: StudyDefinition) -> None:
     """Rewrite the study note from the stored trials (the authority once no worker is finishing a trial)."""
-    from lrsearch.results import best_trial
+    from lrsearch.review.results import best_trial
 
     best = best_trial(study)
     write_study_note(

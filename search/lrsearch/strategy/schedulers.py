@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrsearch.params import Choice, FloatRange, IntRange, ParamSpec
+from lrsearch.strategy.params import Choice, FloatRange, IntRange, ParamSpec
 
 
 class StepUnit(enum.Enum):

@@ -24,14 +24,15 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from lrsearch.errors import ConfigError, LRSearchError
-from lrsearch.storage import HEARTBEAT_GRACE, STORAGE_RETRY_SECONDS, mask_url
-from lrsearch.threads import auto_workers, thread_env, threads_per_worker, usable_cores
+from lrsearch.fleet.threads import auto_workers, thread_env, threads_per_worker, usable_cores
+from lrsearch.store.storage import HEARTBEAT_GRACE, STORAGE_RETRY_SECONDS
+from lrsearch.store.urls import mask_url
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from lrsearch.study import Budget
+    from lrsearch.study.lifecycle import Budget
 
 _logger = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # how often the parent reads the study for its progress lines
@@ -174,9 +175,9 @@ def prepare_data(storage_url: str, study_name: str, data_dir: Path | None) -> No
     """Read (download) the objective's data once, so that the workers do not all download it at once."""
     import torch
 
-    from lrsearch.objective import load_data, load_objective
-    from lrsearch.storage import open_storage
-    from lrsearch.study import load
+    from lrsearch.store.storage import open_storage
+    from lrsearch.study.lifecycle import load
+    from lrsearch.train.objective import load_data, load_objective
 
     definition = load(open_storage(storage_url), study_name)[1]
     objective = load_objective(definition.objective, definition.objective_options)
@@ -201,7 +202,7 @@ class _Watcher:
         return self.study.get_trials(deepcopy=False, states=states)
 
     def poll(self) -> Budget:
-        from lrsearch.study import budget, stored_total
+        from lrsearch.study.lifecycle import budget, stored_total
 
         trials = [t for t in self._finished() if t.number not in self.seen]
         state = budget(self.study, stored_total(self.study))
@@ -257,8 +258,8 @@ def run_fleet(
     Raises KeyboardInterrupt after a signal (workers stopped cleanly), FleetError when the workers ended but
     the budget was not spent (e.g. the objective raised in every worker).
     """
-    from lrsearch.storage import open_storage
-    from lrsearch.study import load
+    from lrsearch.store.storage import open_storage
+    from lrsearch.study.lifecycle import load
 
     study = load(open_storage(storage_url, retry_seconds=STORAGE_RETRY_SECONDS), study_name)[0]
     watcher = _Watcher(study, on_trial)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lrsearch.errors import LRSearchError
-from lrsearch.publish import artifact_dir, refresh_study_note
-from lrsearch.storage import mask_url, open_storage
+from lrsearch.review.publish import artifact_dir, refresh_study_note
+from lrsearch.store.storage import open_storage
+from lrsearch.store.urls import mask_url
 
 if TYPE_CHECKING:
     import optuna
@@ -100,7 +101,7 @@ def artifact_store(folder: Path | None, echo: Echo = _stderr) -> FileSystemArtif
 
 def refresh_notes(storage: optuna.storages.BaseStorage, echo: Echo = _stderr) -> list[tuple[str, int]]:
     """Rewrite the note of every lrsearch study in the storage; returns (name, study id) of those studies."""
-    from lrsearch.study import load, study_names
+    from lrsearch.study.lifecycle import load, study_names
 
     studies = []
     for name in study_names(storage):

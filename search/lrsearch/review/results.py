@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.definition import StudyDefinition
 from lrsearch.errors import LRSearchError
-from lrsearch.strategy import LRStrategy
+from lrsearch.strategy.strategy import LRStrategy
+from lrsearch.study.definition import StudyDefinition
 
 if TYPE_CHECKING:
     import optuna
@@ -120,7 +120,7 @@ def format_trials(rows: list[dict[str, Any]]) -> str:
 
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
-    from lrsearch.study import budget, load, study_names
+    from lrsearch.study.lifecycle import budget, load, study_names
 
     rows = []
     for name in study_names(storage):

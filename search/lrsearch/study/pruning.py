@@ -22,9 +22,9 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lrsearch.definition import Targets
-from lrsearch.records import EpochRecord
-from lrsearch.scoring import EpochSelector
+from lrsearch.study.scoring import EpochSelector
+from lrsearch.study.targets import Targets
+from lrsearch.train.records import EpochRecord
 
 
 class FeasiblePercentilePruner(optuna.pruners.BasePruner):

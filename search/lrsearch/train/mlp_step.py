@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrsearch.objective import Objective
+from lrsearch.train.objective import Objective
 
 
 class MLPStep:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lrsearch.optimizers import OPTIMIZERS
-from lrsearch.schedulers import SCHEDULERS, Horizon, StepUnit
-
-if TYPE_CHECKING:
-    import torch
-
-    from lrsearch.schedule import Schedule
+from lrsearch.strategy.optimizers import OPTIMIZERS
+from lrsearch.strategy.schedulers import SCHEDULERS, Horizon, StepUnit
 
 
 @dataclass(frozen=True)
@@ -61,13 +56,6 @@ class LRStrategy:
         per_epoch = steps_per_epoch if self.unit is StepUnit.BATCH else 1
         steps = self.epochs * per_epoch - self.warmup_steps(steps_per_epoch)
         return SCHEDULERS[self.scheduler].kwargs(self.scheduler_params, Horizon(self.lr, steps, steps_per_epoch))
-
-    def build(self, parameters: Iterable[torch.nn.Parameter], steps_per_epoch: int, *, fused: bool = True) -> Schedule:
-        """The optimizer and scheduler(s) for these parameters, wrapped in a driver that steps them right
-        (`fused`: PyTorch's fused optimizer kernel where there is one)."""
-        from lrsearch.schedule import Schedule
-
-        return Schedule(self, parameters, steps_per_epoch, fused=fused)
 
     def describe(self) -> str:
         """One line, e.g. `SGD(lr=0.05, momentum=0.9) + CosineAnnealingLR [min_factor=0.001]`.

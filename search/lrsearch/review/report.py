@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.definition import StudyDefinition
 from lrsearch.errors import LRSearchError
-from lrsearch.plots import TrialView
+from lrsearch.review.plots import TrialView
+from lrsearch.study.definition import StudyDefinition
 
 if TYPE_CHECKING:
     import optuna
@@ -167,7 +167,7 @@ def param_importances(study: optuna.Study, trials: Sequence[TrialView]) -> tuple
 
 
 def make_figures(study: optuna.Study, definition: StudyDefinition, trials: Sequence[TrialView]) -> dict[str, Figure]:
-    from lrsearch import plots
+    from lrsearch.review import plots
 
     targets = definition.targets
     top = ranked(trials)[:TOP_LR_TRIALS]
@@ -334,7 +334,7 @@ def _summary_html(
 
 
 def _best_html(study: optuna.Study, definition: StudyDefinition) -> str:
-    from lrsearch.results import best_summary
+    from lrsearch.review.results import best_summary
 
     try:
         summary = best_summary(study, definition)
@@ -441,7 +441,7 @@ def _compute_html(c: Mapping[str, Any]) -> str:
 
 
 def _trials_html(study: optuna.Study) -> str:
-    from lrsearch.results import trial_rows
+    from lrsearch.review.results import trial_rows
 
     rows = trial_rows(study)
     if not rows:

@@ -7,7 +7,7 @@ that changes the count (reaping dead workers' trials, queueing retries, asking a
 A worker sends heartbeats while it runs a trial; a trial whose worker died (no heartbeat for the grace period)
 is failed by the next worker that looks, and queued again with the same parameters and seed. SIGINT and
 SIGTERM stop a worker cleanly: its running trial is failed and queued again, so no trial stays RUNNING. A
-storage error (lock timeout, dropped connection) is retried with backoff (see lrsearch.storage); a database
+storage error (lock timeout, dropped connection) is retried with backoff (see lrsearch.store.storage); a database
 that stays unreachable ends the worker with a StorageError.
 """
 
@@ -33,25 +33,21 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from lrsearch.batching import shared_reads, write_trial
 from lrsearch.errors import ConfigError, StorageError
-from lrsearch.objective import load_data, load_objective
-from lrsearch.storage import (
-    HEARTBEAT_GRACE,
-    STORAGE_RETRY_SECONDS,
-    open_storage,
-    retry_seconds_of,
-    retry_transient,
-    sqlite_file,
-)
-from lrsearch.study import VOID_ATTR, Budget, budget, load, stored_total
-from lrsearch.threads import set_torch_threads
-from lrsearch.trial import WORKER_ATTR, TrialRunner
+from lrsearch.fleet.threads import set_torch_threads
+from lrsearch.review.publish import publish_trial
+from lrsearch.store.batching import shared_reads, write_trial
+from lrsearch.store.retry import retry_transient
+from lrsearch.store.storage import HEARTBEAT_GRACE, STORAGE_RETRY_SECONDS, open_storage, retry_seconds_of
+from lrsearch.store.urls import sqlite_file
+from lrsearch.study.lifecycle import VOID_ATTR, Budget, budget, load, stored_total
+from lrsearch.study.runner import WORKER_ATTR, TrialRunner
+from lrsearch.train.objective import load_data, load_objective
 
 if TYPE_CHECKING:
     import torch
 
-    from lrsearch.definition import StudyDefinition
+    from lrsearch.study.definition import StudyDefinition
 
 _logger = logging.getLogger(__name__)
 POLL_SECONDS = 2.0  # how often an idle worker looks for retries while other workers finish
@@ -288,7 +284,7 @@ def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None
         set_torch_threads(threads)  # `start` divides the cores among its workers
     objective = load_objective(definition.objective, definition.objective_options)
     data = load_data(objective, definition.objective, pick_device(device), data_dir)
-    return TrialRunner(definition, objective, data, worker=worker_id())
+    return TrialRunner(definition, objective, data, worker=worker_id(), publish=publish_trial)
 
 
 def _claim(
@@ -347,7 +343,7 @@ def reap(study: optuna.Study) -> None:
 
 
 def _void(study: optuna.Study, trial_id: int, reason: str) -> None:
-    """Fail a trial that never ran, in a way that the budget does not count (see lrsearch.study.budget)."""
+    """Fail a trial that never ran, in a way that the budget does not count (see lrsearch.study.lifecycle.budget)."""
     storage = study._storage
     with contextlib.suppress(UpdateFinishedTrialError):
         storage.set_trial_user_attr(trial_id, VOID_ATTR, reason)

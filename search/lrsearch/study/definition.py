@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lrsearch.errors import ConfigError
-from lrsearch.space import SearchSpace
+from lrsearch.strategy.space import SearchSpace
+from lrsearch.study.targets import TRAIN_ACCURACY, Targets
 
 SAMPLERS: dict[str, dict[str, type]] = {"tpe": {"n_startup_trials": int}, "random": {}}
 PRUNERS: dict[str, dict[str, type]] = {
@@ -33,15 +34,6 @@ OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "median": {"n_startup_trials": 5, "n_warmup_steps": 2},
 }
 _OPTION_CHECKS: dict[str, tuple[Any, str]] = {"percentile": (lambda v: 0 <= v <= 100, "use a value in [0, 100]")}
-TRAIN_ACCURACY = ("eval", "running")
-
-
-@dataclass(frozen=True)
-class Targets:
-    min_val: float = 0.90  # an epoch is feasible when val_acc >= min_val ...
-    max_train: float = 0.95  # ... and train_acc <= max_train
-    train_accuracy: str = "eval"  # "eval": a pass over the training set after the epoch; "running": during it
-    overfit_patience: int = 2  # stop a trial after this many epochs in a row above max_train (0: never)
 
 
 @dataclass(frozen=True)
@@ -119,7 +111,7 @@ def default_study_file() -> Path:
     packaged = resources.files("lrsearch") / "studies" / "mnist.toml"
     if packaged.is_file():
         return Path(str(packaged))
-    return Path(__file__).resolve().parents[2] / "studies" / "mnist.toml"
+    return Path(__file__).resolve().parents[3] / "studies" / "mnist.toml"
 
 
 def load_study_file(path: Path | str) -> StudyDefinition:

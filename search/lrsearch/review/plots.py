@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-from lrsearch.schedulers import SCHEDULERS
+from lrsearch.strategy.schedulers import SCHEDULERS
 
 DPI = 100
 _PALETTE = (

@@ -6,14 +6,14 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lrsearch.definition import StudyDefinition
 from lrsearch.errors import ConfigError, StorageError
-from lrsearch.storage import mask_url
+from lrsearch.store.urls import mask_url
+from lrsearch.study.definition import StudyDefinition
 
 if TYPE_CHECKING:
     import optuna
 
-DEFINITION_ATTR = "lrsearch.definition"
+DEFINITION_ATTR = "lrsearch.study.definition"
 # A FAIL trial with this user attribute never ran and holds no place in the budget: a worker voided it because
 # it was made beyond the budget (the budget lock was lost while it was made) or its worker died at once.
 VOID_ATTR = "lrsearch.void"
@@ -83,7 +83,7 @@ def load(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study,
     """An existing lrsearch study and its stored definition."""
     import optuna
 
-    from lrsearch.batching import sharing_cache
+    from lrsearch.store.batching import sharing_cache
 
     try:
         study = optuna.load_study(study_name=name, storage=sharing_cache(storage))
@@ -128,7 +128,7 @@ def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
     options, epochs = dict(definition.pruner.options), definition.epochs
     match definition.pruner.name:
         case "feasible":
-            from lrsearch.pruning import FeasiblePercentilePruner
+            from lrsearch.study.pruning import FeasiblePercentilePruner
 
             return FeasiblePercentilePruner(definition.targets, **options)
         case "median":

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrsearch.params import Choice, FloatRange, ParamSpec
+from lrsearch.strategy.params import Choice, FloatRange, ParamSpec
 
 
 @dataclass(frozen=True)

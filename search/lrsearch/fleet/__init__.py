@@ -1,0 +1,1 @@
+"""Workers: the worker loop, the local supervisor, devices and threads."""

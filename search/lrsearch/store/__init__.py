@@ -1,0 +1,1 @@
+"""Every tie to the study database: URLs, opening, retries, batched writes."""

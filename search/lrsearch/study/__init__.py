@@ -1,0 +1,1 @@
+"""A study: its definition, targets and scoring, pruning, its lifecycle, the trial runner."""

@@ -1,0 +1,1 @@
+"""Training: the objective interface, the loop, the fast MLP step, per-epoch records."""

@@ -117,7 +117,9 @@ def test_read_commands_and_notes_work_on_a_study_of_the_first_format(sqlite_url:
     ]
     code, out, err = lrsearch("studies", "--storage", sqlite_url)
     assert code == 0 and "synthetic: 2/2 trials finished, best feasible val 0.8740" in out
-    code, _, err = lrsearch("report", "--storage", sqlite_url, "--study-name", "diverging", "--out", str(tmp_path / "r"))
+    code, _, err = lrsearch(
+        "report", "--storage", sqlite_url, "--study-name", "diverging", "--out", str(tmp_path / "r")
+    )
     assert code == 0, err
 
     _, definition = load(open_storage(sqlite_url), "synthetic")
@@ -161,10 +163,17 @@ def test_a_record_round_trips_through_a_real_database_with_nan_and_inf_losses(tm
     record = full_record()
     study = optuna.create_study(storage=open_storage(url), study_name="s", direction="maximize")
     study.add_trial(
-        create_trial(state=TrialState.COMPLETE, value=0.12, params=dict(record.params), user_attrs=record.to_user_attrs(),
-                     distributions={"optimizer": optuna.distributions.CategoricalDistribution(["sgd"]),
-                                    "scheduler": optuna.distributions.CategoricalDistribution(["constant"]),
-                                    "lr": optuna.distributions.FloatDistribution(0.1, 1.0)})
+        create_trial(
+            state=TrialState.COMPLETE,
+            value=0.12,
+            params=dict(record.params),
+            user_attrs=record.to_user_attrs(),
+            distributions={
+                "optimizer": optuna.distributions.CategoricalDistribution(["sgd"]),
+                "scheduler": optuna.distributions.CategoricalDistribution(["constant"]),
+                "lr": optuna.distributions.FloatDistribution(0.1, 1.0),
+            },
+        )
     )
     back = TrialRecord.from_trial(optuna.load_study(study_name="s", storage=url).trials[0])
     assert back.format == FORMAT == 2

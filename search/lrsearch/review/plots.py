@@ -1,8 +1,8 @@
 """The PNG figures of lrsearch: a trial's learning curves, and the report's study-wide plots.
 
 Figures are plain matplotlib `Figure` objects rendered by the Agg canvas, so no GUI backend and no pyplot
-state is involved; every function takes plain data (trial records, epoch records) and returns PNG bytes. Importing this module
-imports matplotlib: import it inside the functions that draw.
+state is involved; every function takes plain data (trial records, epoch records) and returns PNG bytes.
+Importing this module imports matplotlib: import it inside the functions that draw.
 """
 
 from __future__ import annotations

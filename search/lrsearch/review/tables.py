@@ -42,9 +42,7 @@ EPOCH_COLUMNS: tuple[Column[EpochRecord], ...] = (
 # --- renderers ------------------------------------------------------------------------------------------------
 
 
-def text_table(
-    columns: Sequence[Column[R]], rows: Sequence[R], *, indent: str = "", notes: Sequence[str] = ()
-) -> str:
+def text_table(columns: Sequence[Column[R]], rows: Sequence[R], *, indent: str = "", notes: Sequence[str] = ()) -> str:
     """Columns two spaces apart, each as wide as its widest cell; `notes[i]` follows row i."""
     cells = [[column.cell(row) for column in columns] for row in rows]
     widths = [max([len(column.header), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]

@@ -13,8 +13,8 @@ ones) were cut. benchmarks/search_efficiency.py: with 50, lrsearch's best per ru
 with 25, 0.9476-0.9486 (median 0.9482), at 43-49 trials per 264 epochs instead of 52-63.
 
 The finished trials are read from the storage (as trial records) once per pruned trial, at its first check past
-the warmup, and reused for its later epochs: one storage read per trial instead of one per epoch (the read re-fetches every
-running trial of the other workers), at the price of not seeing trials that finish meanwhile.
+the warmup, and reused for its later epochs: one storage read per trial instead of one per epoch (the read
+re-fetches every running trial of the other workers), at the price of not seeing trials that finish meanwhile.
 """
 
 from __future__ import annotations

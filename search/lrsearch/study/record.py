@@ -123,7 +123,7 @@ class TrialRecord:
 
     def history_attrs(self) -> dict[str, Any]:
         """Written after every epoch (the pruner of every worker reads it)."""
-        return {HISTORY_ATTR: [epoch.as_dict() for epoch in self.history]}
+        return {HISTORY_ATTR: [epoch_to_json(epoch) for epoch in self.history]}
 
     def result_attrs(self) -> dict[str, Any]:
         """Written when the trial's result is known: the chosen epoch, its accuracies, feasibility, why it
@@ -197,6 +197,12 @@ class TrialRecord:
             void=_text(attrs.get(VOID_ATTR)),
             format=version,
         )
+
+
+def epoch_to_json(epoch: EpochRecord) -> dict[str, Any]:
+    """An epoch as a JSON object: its fields in order (`dataclasses.asdict` would copy deeply, per epoch, and
+    the runner writes the whole history after every epoch)."""
+    return dict(vars(epoch))
 
 
 def epochs_from_json(rows: Sequence[Mapping[str, Any]]) -> tuple[EpochRecord, ...]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import LRSearchError
-from lrsearch.review.tables import epoch_table_html
+from lrsearch.review.tables import Column, epoch_table_html, html_table
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import TrialRecord, epochs_from_json
 
@@ -407,45 +407,13 @@ def _compute_html(c: Mapping[str, Any]) -> str:
 
 
 def _trials_html(study: optuna.Study) -> str:
-    from lrsearch.review.results import trial_rows
+    from lrsearch.review.results import TRIAL_COLUMNS, trial_rows
 
     rows = trial_rows(study)
     if not rows:
         return '<p class="muted">No trial yet.</p>'
-
-    def yes_no(value: Any) -> str:
-        return "-" if value is None else ("yes" if value else "no")
-
-    return _table(
-        [
-            "#",
-            "state",
-            "optimizer",
-            "scheduler",
-            "lr",
-            "feasible",
-            "val acc",
-            "train acc",
-            "epoch",
-            "stop reason",
-        ],
-        [
-            [
-                r["number"],
-                r["state"],
-                r["optimizer"] or "-",
-                r["scheduler"] or "-",
-                _fmt(r["lr"], ".3g"),
-                yes_no(r["feasible"]),
-                _fmt(r["val_acc"]),
-                _fmt(r["train_acc"]),
-                _fmt(r["epoch"], "d"),
-                r["stop_reason"] or "-",
-            ]
-            for r in rows
-        ],
-        text=(1, 2, 3, 9),
-    )
+    stop_reason: Column[Mapping[str, Any]] = Column("stop reason", lambda r: r["stop_reason"], align="left")
+    return html_table((*TRIAL_COLUMNS, stop_reason), rows)
 
 
 __all__ = ["write_report", "trial_views", "family_rows", "compute_summary", "param_importances"]

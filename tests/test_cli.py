@@ -173,3 +173,27 @@ def test_an_objective_or_data_that_does_not_load_creates_no_study(
     code, _, err = lrsearch("start", str(study), "--storage", sqlite_url, "--data-dir", str(tmp_path / "no-data"))
     assert code == 1 and message in err and "Traceback" not in err
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()  # not even an empty database
+
+
+def test_trials_keeps_its_columns_on_pruned_and_failed_rows(sqlite_url: str) -> None:
+    from test_record import load_fixture
+
+    load_fixture(sqlite_url, mixed=True)
+    code, out, err = lrsearch("trials", "--storage", sqlite_url, "--study-name", "synthetic")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split()[1] for line in lines[1:]] == ["complete", "complete", "pruned", "fail"]
+    assert len({len(line) for line in lines}) == 1, "\n" + out
+    # the columns: runs of positions that are not blank on every line
+    blank = [all(line[k] == " " for line in lines) for k in range(len(lines[0]))]
+    columns = sum(1 for k in range(len(blank)) if not blank[k] and (k == 0 or blank[k - 1]))
+    assert columns == 9, "\n" + out
+
+
+@pytest.mark.parametrize("command", ["start", "create"])
+def test_pruner_help_lists_every_pruner_and_the_default(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "--pruner [feasible|median|halving|hyperband|none]" in text
+    assert "feasible (the default" in text

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 import subprocess
 import sys
@@ -13,11 +14,12 @@ from click.testing import CliRunner
 from chromium import assert_not_blank, chromium, full_page_screenshot, keep, needs_chromium, wait_for
 from conftest import write_study
 from lrsearch.cli import main
-from lrsearch.review.plots import TrialView
 from lrsearch.review.report import compute_summary, family_rows, ranked, write_report
 from lrsearch.store.storage import open_storage
 from lrsearch.study.definition import parse_table
 from lrsearch.study.lifecycle import create_or_resume, load
+from lrsearch.study.record import TrialRecord
+from lrsearch.train.records import EpochRecord
 
 SECTIONS = (
     "summary",
@@ -156,9 +158,19 @@ def test_report_errors_are_messages(tmp_path: Path, sqlite_url: str) -> None:
     assert code == 2 and "no study named 'nope'" in err
 
 
-def view(number: int, state: str, family: str, val: float | None, feasible: bool, epochs: int) -> TrialView:
-    history = [{"epoch": e, "seconds": 2.0, "val_acc": 0.5, "train_acc": 0.5, "lr": 0.1} for e in range(1, epochs + 1)]
-    return TrialView(number, state, family, val if state == "complete" else None, feasible, val, 0.9, epochs, history)
+def view(number: int, state: str, family: str, val: float | None, feasible: bool, epochs: int) -> TrialRecord:
+    history = tuple(EpochRecord(e, 0.1, 0.5, 0.1, 0.5, 0.1, 0.1, 2.0) for e in range(1, epochs + 1))
+    return TrialRecord(
+        number,
+        state,
+        params={"scheduler": family},
+        value=val if state == "complete" else None,
+        history=history,
+        chosen_epoch=epochs,
+        val_acc=val,
+        train_acc=0.9,
+        feasible=feasible,
+    )
 
 
 def test_family_table_and_compute_saved() -> None:
@@ -199,3 +211,15 @@ def test_help_imports_neither_torch_nor_matplotlib() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_family_colours_are_the_same_in_every_run() -> None:
+    """Python's hash() of a string changes between runs (PYTHONHASHSEED): colours must not depend on it."""
+    names = ["", "constant", "cosine", "my_family", "custom", "warm", "x", "y", "z", "lambda_lr", "other", "sgdr"]
+    code = f"from lrsearch.review.plots import family_colour; print([family_colour(n) for n in {names!r}])"
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        outputs.add(result.stdout)
+    assert len(outputs) == 1, outputs

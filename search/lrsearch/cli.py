@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +16,7 @@ import click
 
 from lrsearch.errors import ConfigError, LRSearchError
 from lrsearch.store.urls import DEFAULT_STORAGE, mask_url
+from lrsearch.study.definition import PRUNERS, SAMPLERS, StudyDefinition
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +62,12 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _choices(names: Sequence[str], default: str) -> str:
+    """E.g. `feasible (the default), median, halving, hyperband or none`."""
+    listed = [f"{name} (the default)" if name == default else name for name in names]
+    return ", ".join(listed[:-1]) + " or " + listed[-1]
+
+
 def _definition_options(command: F) -> F:
     """The study-definition options shared by `start` and `create`: each overrides the study file's value."""
     options = [
@@ -69,8 +76,16 @@ def _definition_options(command: F) -> F:
         click.option("--epochs", type=int, help="Epoch budget of each trial."),
         storage_option,
         click.option("--study-name", help="Study name (default: the study file's [study] name)."),
-        click.option("--sampler", help="tpe or random."),
-        click.option("--pruner", help="median, halving, hyperband or none."),
+        click.option(
+            "--sampler",
+            metavar="[" + "|".join(SAMPLERS) + "]",
+            help=_choices(list(SAMPLERS), StudyDefinition.sampler.name) + " (the study file's [sampler] name).",
+        ),
+        click.option(
+            "--pruner",
+            metavar="[" + "|".join(PRUNERS) + "]",
+            help=_choices(list(PRUNERS), StudyDefinition.pruner.name) + " (the study file's [pruner] name).",
+        ),
         click.option("--min-val", type=float, help="Feasible epochs reach at least this validation accuracy"),
         click.option("--max-train", type=float, help="Feasible epochs stay at or below this train accuracy"),
         click.option("--seed", type=int, help="Study seed (each trial's seed derives from it)."),

@@ -1,17 +1,16 @@
 """The PNG figures of lrsearch: a trial's learning curves, and the report's study-wide plots.
 
 Figures are plain matplotlib `Figure` objects rendered by the Agg canvas, so no GUI backend and no pyplot
-state is involved; every function takes plain data (`TrialView`) and returns PNG bytes. Importing this module
-imports matplotlib: import it inside the functions that draw.
+state is involved; every function takes plain data (trial records, epoch records) and returns PNG bytes.
+Importing this module imports matplotlib: import it inside the functions that draw.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,6 +19,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from lrsearch.strategy.schedulers import SCHEDULERS
+from lrsearch.study.record import TrialRecord
+from lrsearch.train.records import EpochRecord
 
 DPI = 100
 _PALETTE = (
@@ -39,30 +40,11 @@ _PALETTE = (
 FEASIBLE_FILL = "#2ca02c"
 
 
-@dataclass(frozen=True)
-class TrialView:
-    """What the plots need to know about one trial."""
-
-    number: int
-    state: str  # complete, pruned, fail, running, waiting
-    family: str  # scheduler family, "" when unknown
-    value: float | None  # the objective value of a complete trial
-    feasible: bool
-    val_acc: float | None  # at the chosen epoch (best feasible, or least infeasible)
-    train_acc: float | None
-    epoch: int | None  # the chosen epoch
-    history: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
-    strategy: str = ""
-
-    @property
-    def counts_as_best(self) -> bool:
-        """Complete and feasible: what Optuna 5 (and `lrsearch best`) may pick as the best trial."""
-        return self.state == "complete" and self.feasible and self.val_acc is not None
-
-
 def family_colour(family: str) -> str:
+    """A family's colour: the same in every run (its place among the known families, or for another name a
+    digest of it: Python's `hash` of a string changes from run to run)."""
     names = list(SCHEDULERS)
-    index = names.index(family) if family in names else len(names) + abs(hash(family)) % 2
+    index = names.index(family) if family in names else len(names) + zlib.crc32(family.encode()) % 2
     return _PALETTE[index % len(_PALETTE)]
 
 
@@ -73,27 +55,33 @@ def to_png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _finite(values: Iterable[Any]) -> list[float]:
+def _finite(values: Iterable[float | None]) -> list[float]:
     """Numbers to plot: missing or non-finite values (a diverged epoch) become NaN, which plots as a gap."""
-    out = []
-    for value in values:
-        number = float(value) if isinstance(value, (int, float)) else math.nan
-        out.append(number if math.isfinite(number) else math.nan)
-    return out
+    return [math.nan if value is None or not math.isfinite(value) else float(value) for value in values]
 
 
-def _column(history: Sequence[Mapping[str, Any]], key: str) -> list[float]:
-    return _finite(row.get(key) for row in history)
+Metric = Callable[[EpochRecord], float]
 
 
-def _lr_path(history: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
+def _train_acc(epoch: EpochRecord) -> float:
+    return epoch.train_acc
+
+
+def _val_acc(epoch: EpochRecord) -> float:
+    return epoch.val_acc
+
+
+def _column(history: Sequence[EpochRecord], metric: Metric) -> list[float]:
+    return _finite(metric(epoch) for epoch in history)
+
+
+def _lr_path(history: Sequence[EpochRecord]) -> tuple[list[float], list[float]]:
     """The LR across epochs: from each epoch's first step (at x = epoch - 1) to its last (at x = epoch)."""
     xs: list[float] = []
     ys: list[float] = []
-    for row in history:
-        epoch = float(row["epoch"])
-        xs += [epoch - 1, epoch]
-        ys += _finite([row.get("lr"), row.get("lr_end", row.get("lr"))])
+    for epoch in history:
+        xs += [epoch.epoch - 1, epoch.epoch]
+        ys += _finite([epoch.lr, epoch.lr_end])
     return xs, ys
 
 
@@ -118,7 +106,7 @@ def _target_lines(axes: Axes, min_val: float, max_train: float | None = None) ->
 
 
 def trial_curves(
-    history: Sequence[Mapping[str, Any]],
+    history: Sequence[EpochRecord],
     *,
     title: str,
     min_val: float,
@@ -129,14 +117,14 @@ def trial_curves(
     figure = Figure(figsize=(12, 3.4))  # fixed margins: a layout engine costs more than the drawing
     figure.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.83, wspace=0.2)
     accuracy, loss, lr = figure.subplots(1, 3)
-    epochs = [int(row["epoch"]) for row in history]
+    epochs = [epoch.epoch for epoch in history]
     if not epochs:
         _message(accuracy, "no epoch finished")
-    accuracy.plot(epochs, _column(history, "train_acc"), "o-", color="#ff7f0e", markersize=3, label="train acc")
-    accuracy.plot(epochs, _column(history, "val_acc"), "o-", color="#1f77b4", markersize=3, label="val acc")
+    accuracy.plot(epochs, _column(history, _train_acc), "o-", color="#ff7f0e", markersize=3, label="train acc")
+    accuracy.plot(epochs, _column(history, _val_acc), "o-", color="#1f77b4", markersize=3, label="val acc")
     _target_lines(accuracy, min_val, max_train)
-    loss.plot(epochs, _column(history, "train_loss"), "o-", color="#ff7f0e", markersize=3, label="train loss")
-    loss.plot(epochs, _column(history, "val_loss"), "o-", color="#1f77b4", markersize=3, label="val loss")
+    loss.plot(epochs, _column(history, lambda e: e.train_loss), "o-", color="#ff7f0e", markersize=3, label="train loss")
+    loss.plot(epochs, _column(history, lambda e: e.val_loss), "o-", color="#1f77b4", markersize=3, label="val loss")
     xs, ys = _lr_path(history)
     lr.plot(xs, ys, "-", color="#2ca02c", label="LR")
     _log_if_positive(lr, ys)
@@ -153,7 +141,7 @@ def trial_curves(
     return to_png(figure)
 
 
-def optimization_history(trials: Sequence[TrialView], *, min_val: float) -> bytes:
+def optimization_history(trials: Sequence[TrialRecord], *, min_val: float) -> bytes:
     """Each finished trial's value (feasible, infeasible, pruned) and the best feasible value so far."""
     figure = Figure(figsize=(9, 4.5), layout="constrained")
     axes = figure.subplots()
@@ -190,7 +178,7 @@ def optimization_history(trials: Sequence[TrialView], *, min_val: float) -> byte
     return to_png(figure)
 
 
-def val_curves_by_family(trials: Sequence[TrialView], *, min_val: float) -> bytes:
+def val_curves_by_family(trials: Sequence[TrialRecord], *, min_val: float) -> bytes:
     """Validation accuracy per epoch of every trial, one colour per scheduler family."""
     figure = Figure(figsize=(9, 5), layout="constrained")
     axes = figure.subplots()
@@ -200,9 +188,9 @@ def val_curves_by_family(trials: Sequence[TrialView], *, min_val: float) -> byte
             continue
         colour = family_colour(trial.family)
         families.setdefault(trial.family or "?", colour)
-        epochs = [int(row["epoch"]) for row in trial.history]
+        epochs = [epoch.epoch for epoch in trial.history]
         width, alpha = (0.8, 0.45) if trial.state == "pruned" else (1.4, 0.85)
-        axes.plot(epochs, _column(trial.history, "val_acc"), "-", color=colour, linewidth=width, alpha=alpha)
+        axes.plot(epochs, _column(trial.history, _val_acc), "-", color=colour, linewidth=width, alpha=alpha)
     if not families:
         _message(axes, "no trial has finished an epoch yet")
     else:
@@ -210,7 +198,7 @@ def val_curves_by_family(trials: Sequence[TrialView], *, min_val: float) -> byte
         handles = [Line2D([], [], color=c, label=f) for f, c in sorted(families.items())]
         handles.append(Line2D([], [], color="#555555", linestyle="--", label=f"min val {min_val:g}"))
         axes.legend(handles=handles, fontsize=8, loc="lower right", title="scheduler (thin: pruned)")
-        axes.set_ylim(bottom=max(0.0, min(min_val - 0.1, _low_quantile(trials, "val_acc"))))
+        axes.set_ylim(bottom=max(0.0, min(min_val - 0.1, _low_quantile(trials, _val_acc))))
     axes.set_xlabel("epoch")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("val accuracy")
@@ -218,12 +206,12 @@ def val_curves_by_family(trials: Sequence[TrialView], *, min_val: float) -> byte
     return to_png(figure)
 
 
-def _low_quantile(trials: Sequence[TrialView], key: str, q: float = 0.1) -> float:
-    values = sorted(v for t in trials for v in _column(t.history, key) if not math.isnan(v))
+def _low_quantile(trials: Sequence[TrialRecord], metric: Metric, q: float = 0.1) -> float:
+    values = sorted(v for t in trials for v in _column(t.history, metric) if not math.isnan(v))
     return values[int(q * (len(values) - 1))] if values else 0.0
 
 
-def lr_curves(trials: Sequence[TrialView]) -> bytes:
+def lr_curves(trials: Sequence[TrialRecord]) -> bytes:
     """The LR over the epochs of the given (top) trials; a dot marks each trial's chosen epoch."""
     figure = Figure(figsize=(9, 4.5 + 0.2 * len(trials)), layout="constrained")
     axes = figure.subplots()
@@ -235,9 +223,9 @@ def lr_curves(trials: Sequence[TrialView]) -> bytes:
         verdict += "" if trial.counts_as_best else ", infeasible"
         label = f"#{rank} trial {trial.number} ({verdict}): {trial.strategy}"
         line = axes.plot(xs, ys, "-", linewidth=1.6, label=label[:140])[0]
-        if trial.epoch is not None and 0 < trial.epoch <= len(trial.history):
-            row = trial.history[trial.epoch - 1]
-            axes.plot([trial.epoch], _finite([row.get("lr_end", row.get("lr"))]), "o", color=line.get_color())
+        chosen = trial.chosen
+        if chosen is not None:
+            axes.plot([chosen.epoch], _finite([chosen.lr_end]), "o", color=line.get_color())
     if not all_lrs:
         _message(axes, "no trial has finished an epoch yet")
     else:
@@ -269,7 +257,7 @@ def importances(values: Mapping[str, float], *, note: str = "") -> bytes:
     return to_png(figure)
 
 
-def feasibility_map(trials: Sequence[TrialView], *, min_val: float, max_train: float) -> tuple[bytes, int]:
+def feasibility_map(trials: Sequence[TrialRecord], *, min_val: float, max_train: float) -> tuple[bytes, int]:
     """Train vs val accuracy: every epoch (small) and every trial's chosen epoch (large), the targets and the
     feasible region shaded. Returns the PNG and how many points lie outside the drawn window."""
     figure = Figure(figsize=(8, 6.5), layout="constrained")
@@ -277,7 +265,7 @@ def feasibility_map(trials: Sequence[TrialView], *, min_val: float, max_train: f
     pairs = [
         (x, y)
         for t in trials
-        for x, y in zip(_column(t.history, "train_acc"), _column(t.history, "val_acc"), strict=True)
+        for x, y in zip(_column(t.history, _train_acc), _column(t.history, _val_acc), strict=True)
         if not (math.isnan(x) or math.isnan(y))
     ]
     if not pairs:
@@ -308,8 +296,8 @@ def feasibility_map(trials: Sequence[TrialView], *, min_val: float, max_train: f
         if trial.history:
             families.setdefault(trial.family or "?", colour)
         axes.scatter(
-            _column(trial.history, "train_acc"),
-            _column(trial.history, "val_acc"),
+            _column(trial.history, _train_acc),
+            _column(trial.history, _val_acc),
             s=6,
             color=colour,
             alpha=0.35,

@@ -18,6 +18,7 @@ from typing import TextIO
 from optuna.trial import FrozenTrial
 
 from lrsearch.study.lifecycle import Budget
+from lrsearch.study.record import TrialRecord
 
 INTERVAL_ENV = "LRSEARCH_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 30.0
@@ -71,14 +72,15 @@ class Progress:
     # --- the interface `lrsearch start` uses ---------------------------------------------------------------
 
     def trial_done(self, trial: FrozenTrial, budget: Budget) -> None:
-        improved = self._count(trial, budget)
-        line = self._trial_line(trial)
+        record = TrialRecord.from_trial(trial)
+        improved = self._count(record, budget)
+        line = self._trial_line(record)
         if self.interactive:
             self.echo(line)
             return
         now = self.clock()
         due = self._last_line is None or now - self._last_line >= self.interval
-        if due or improved or trial.state.name == "FAIL" or budget.finished >= self.total:
+        if due or improved or record.state == "fail" or budget.finished >= self.total:
             print(line, file=self.out, flush=True)
             self._last_line = now
 
@@ -95,16 +97,15 @@ class Progress:
 
     # --- state ---------------------------------------------------------------------------------------------
 
-    def _count(self, trial: FrozenTrial, budget: Budget) -> bool:
+    def _count(self, trial: TrialRecord, budget: Budget) -> bool:
         """Update the totals; True when the trial is a new best feasible one."""
-        state = trial.state.name.lower()
-        self.pruned += state == "pruned"
-        self.failed += state == "fail"
+        self.pruned += trial.state == "pruned"
+        self.failed += trial.state == "fail"
         self.finished = max(self.finished, budget.finished)
         if self._baseline is None:
             self._baseline = budget.finished - 1
-        if state == "complete" and trial.user_attrs.get("feasible"):
-            value = float(trial.user_attrs["val_acc"])
+        if trial.counts_as_best and trial.val_acc is not None:
+            value = trial.val_acc
             if self.best is None or value > self.best[0]:
                 self.best = (value, trial.number)
                 return True
@@ -123,17 +124,15 @@ class Progress:
 
     # --- text ----------------------------------------------------------------------------------------------
 
-    def _trial_line(self, trial: FrozenTrial) -> str:
-        state = trial.state.name.lower()
-        val = trial.user_attrs.get("val_acc")
-        result = "" if val is None else f" val {val:.4f} at epoch {trial.user_attrs.get('epoch')}"
-        if trial.user_attrs.get("feasible"):
+    def _trial_line(self, trial: TrialRecord) -> str:
+        val = trial.val_acc
+        result = "" if val is None else f" val {val:.4f} at epoch {trial.chosen_epoch}"
+        if trial.feasible:
             result += " (feasible)"
-        if state == "fail":
-            result += f" ({trial.user_attrs.get('stop_reason', 'failed')})"
-        strategy = trial.user_attrs.get("strategy", "")
+        if trial.state == "fail":
+            result += f" ({trial.stop_reason or 'failed'})"
         totals = "" if self.interactive else f" | {self._totals()}"
-        return f"[{self.finished}/{self.total}] trial {trial.number} {state}{result}: {strategy}{totals}"
+        return f"[{self.finished}/{self.total}] trial {trial.number} {trial.state}{result}: {trial.strategy}{totals}"
 
     def _totals(self, *, eta: bool = True) -> str:
         best = "none yet" if self.best is None else f"{self.best[0]:.4f} (trial {self.best[1]})"

@@ -20,15 +20,18 @@ Publishing is for people: a failure here is logged and never fails the trial.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from lrsearch.review.tables import epoch_table_markdown
 from lrsearch.study.definition import StudyDefinition
-from lrsearch.study.record import SCORE_ATTR
+from lrsearch.study.record import SCORE_ATTR, TrialRecord
+from lrsearch.train.records import EpochRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -37,7 +40,7 @@ _logger = logging.getLogger(__name__)
 
 ARTIFACT_DIR_ENV = "LRSEARCH_ARTIFACT_DIR"
 ARTIFACTS_OFF = "off"
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "lr_end", "seconds")
+HISTORY_COLUMNS = tuple(f.name for f in dataclasses.fields(EpochRecord))  # of the CSV artifact
 
 
 # --- where artifacts go -------------------------------------------------------------------------------------
@@ -79,11 +82,11 @@ def storage_url_of(storage: object) -> str | None:
 # --- the hook -----------------------------------------------------------------------------------------------
 
 
-def publish_trial(trial: optuna.Trial, definition: StudyDefinition, complete: bool) -> None:
-    """Called by the trial runner once a trial's result is known, before it is told to Optuna (a finished
-    trial takes no more attributes or artifacts). `complete` is False for a pruned trial."""
+def publish_trial(trial: optuna.Trial, definition: StudyDefinition, record: TrialRecord) -> None:
+    """Called by the trial runner with the trial's record once its result is known, before it is told to Optuna
+    (a finished trial takes no more attributes or artifacts). The record's state is complete or pruned."""
     try:
-        _publish(trial, definition, complete=complete)
+        _publish(trial, definition, record)
     except Exception as e:  # noqa: BLE001 - reviewing aids must not cost a trial
         _logger.warning(
             "trial %d: could not publish its curves and notes for the dashboard: %s: %s",
@@ -93,139 +96,100 @@ def publish_trial(trial: optuna.Trial, definition: StudyDefinition, complete: bo
         )
 
 
-def _publish(trial: optuna.Trial, definition: StudyDefinition, *, complete: bool) -> None:
-    attrs = dict(trial.user_attrs)
-    history: list[dict[str, Any]] = list(attrs.get("history", []))
-    feasible = complete and bool(attrs.get("feasible"))
+def _publish(trial: optuna.Trial, definition: StudyDefinition, record: TrialRecord) -> None:
     folder = artifact_dir(storage_url_of(trial.storage))
     uploaded = []
     if folder is not None:
-        uploaded = _upload_artifacts(trial, folder, history, attrs, definition, plot=complete)
+        uploaded = _upload_artifacts(trial, folder, record, definition)
 
     from lrsearch.store.batching import save_note
 
-    save_note(trial, trial_note(trial.number, attrs, definition, complete=complete, artifacts=uploaded))
-    best = _best_candidate(trial.study, (trial.number, attrs) if feasible else None)
+    save_note(trial, trial_note(record, definition, artifacts=uploaded))
+    best = _best_candidate(trial.study, record if record.counts_as_best else None)
     write_study_note(trial.study, study_note(trial.study.study_name, definition, best))
 
 
 # --- artifacts ----------------------------------------------------------------------------------------------
 
 
-def _upload_artifacts(
-    trial: optuna.Trial,
-    folder: Path,
-    history: list[dict[str, Any]],
-    attrs: Mapping[str, Any],
-    definition: StudyDefinition,
-    *,
-    plot: bool,
-) -> list[str]:
-    """`trial-N-history.csv`, and with `plot` `trial-N-curves.png` (about 0.3 s of matplotlib per trial, so
-    only complete trials get one; pruned ones have the table, the curve attributes and the note)."""
+def _upload_artifacts(trial: optuna.Trial, folder: Path, record: TrialRecord, definition: StudyDefinition) -> list[str]:
+    """`trial-N-history.csv`, and for a complete trial `trial-N-curves.png` (about 0.3 s of matplotlib per
+    trial, so pruned ones have only the table, the curve attributes and the note)."""
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     folder.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(folder)
     with tempfile.TemporaryDirectory(prefix="lrsearch-artifacts-") as scratch:
         files = [Path(scratch) / f"trial-{trial.number}-history.csv"]
-        write_history_csv(history, files[0])
-        if plot:
+        write_history_csv(record.history, files[0])
+        if record.state == "complete":
             files.insert(0, Path(scratch) / f"trial-{trial.number}-curves.png")
-            files[0].write_bytes(_curves_png(trial.number, history, attrs, definition))
+            files[0].write_bytes(_curves_png(record, definition))
         for path in files:
             upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     return [path.name for path in files]
 
 
-def _curves_png(
-    number: int, history: list[dict[str, Any]], attrs: Mapping[str, Any], definition: StudyDefinition
-) -> bytes:
+def _curves_png(record: TrialRecord, definition: StudyDefinition) -> bytes:
     from lrsearch.review.plots import trial_curves
 
     targets = definition.targets
-    title = f"trial {number}: {attrs.get('strategy', '')}"
     return trial_curves(
-        history,
-        title=title,
+        record.history,
+        title=f"trial {record.number}: {record.strategy}",
         min_val=targets.min_val,
         max_train=targets.max_train,
-        chosen_epoch=attrs.get("epoch"),
+        chosen_epoch=record.chosen_epoch,
     )
 
 
-def write_history_csv(history: Sequence[Mapping[str, Any]], path: Path) -> None:
+def write_history_csv(history: Sequence[EpochRecord], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(epoch.as_dict() for epoch in history)
 
 
 # --- notes --------------------------------------------------------------------------------------------------
 
 
-def trial_note(
-    number: int,
-    attrs: Mapping[str, Any],
-    definition: StudyDefinition,
-    *,
-    complete: bool,
-    artifacts: Sequence[str] = (),
-) -> str:
+def trial_note(record: TrialRecord, definition: StudyDefinition, *, artifacts: Sequence[str] = ()) -> str:
     """Markdown for the trial's note in the dashboard: strategy, result, epoch table."""
     targets = definition.targets
-    feasible = bool(attrs.get("feasible"))
-    if not complete:
+    if record.state != "complete":
         verdict = "pruned (Optuna never picks a pruned trial as best)"
+    elif record.feasible:
+        verdict = "complete, **feasible**"
     else:
-        verdict = "complete, **feasible**" if feasible else "complete, **not feasible** (it cannot be the best trial)"
-    lines = [f"### Trial {number}: {verdict}", "", f"`{attrs.get('strategy', '?')}`", ""]
-    if attrs.get("val_acc") is not None:
-        kind = "best feasible epoch" if feasible else "no feasible epoch; least infeasible"
+        verdict = "complete, **not feasible** (it cannot be the best trial)"
+    lines = [f"### Trial {record.number}: {verdict}", "", f"`{record.strategy or '?'}`", ""]
+    if record.val_acc is not None and record.train_acc is not None:
+        kind = "best feasible epoch" if record.feasible else "no feasible epoch; least infeasible"
         lines += [
-            f"- chosen epoch **{attrs.get('epoch')}** ({kind}): val accuracy {attrs['val_acc']:.4f}, "
-            f"train accuracy {attrs['train_acc']:.4f}",
+            f"- chosen epoch **{record.chosen_epoch}** ({kind}): val accuracy {record.val_acc:.4f}, "
+            f"train accuracy {record.train_acc:.4f}",
             f"- feasible: val accuracy >= {targets.min_val:g} and train accuracy <= {targets.max_train:g}",
         ]
-    if attrs.get("stop_reason"):
-        lines.append(f"- {attrs['stop_reason']}")
-    lines += ["", *epoch_table_markdown(attrs.get("history", []), chosen=attrs.get("epoch"))]
+    if record.stop_reason:
+        lines.append(f"- {record.stop_reason}")
+    lines += ["", *epoch_table_markdown(record.history, chosen=record.chosen_epoch)]
     if artifacts:
         lines += ["", "Curves: artifacts " + ", ".join(f"`{name}`" for name in artifacts) + " (below)."]
     return "\n".join(lines) + "\n"
 
 
-def epoch_table_markdown(history: Sequence[Mapping[str, Any]], *, chosen: int | None) -> list[str]:
-    lines = [
-        "| epoch | train loss | val loss | train acc | val acc | LR first step | LR last step |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in history:
-        epoch = f"**{row['epoch']}** (chosen)" if row["epoch"] == chosen else str(row["epoch"])
-        lines.append(
-            f"| {epoch} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | {row['train_acc']:.4f} | "
-            f"{row['val_acc']:.4f} | {row['lr']:.3g} | {row.get('lr_end', row['lr']):.3g} |"
-        )
-    return lines
-
-
-def _best_candidate(
-    study: optuna.Study, current: tuple[int, Mapping[str, Any]] | None
-) -> tuple[int, Mapping[str, Any]] | None:
+def _best_candidate(study: optuna.Study, current: TrialRecord | None) -> TrialRecord | None:
     """The best feasible complete trial, counting the current one (not yet told to Optuna)."""
     from optuna.trial import TrialState
 
-    candidates: list[tuple[int, Mapping[str, Any]]] = [
-        (t.number, t.user_attrs)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("feasible") and t.user_attrs.get("val_acc") is not None
-    ]
+    candidates = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    candidates = [c for c in candidates if c.counts_as_best]
     if current is not None:
         candidates.append(current)
-    return max(candidates, key=lambda c: (float(c[1]["val_acc"]), -c[0]), default=None)
+    return max(candidates, key=lambda c: (c.score, -c.number), default=None)
 
 
-def study_note(study_name: str, definition: StudyDefinition, best: tuple[int, Mapping[str, Any]] | None) -> str:
+def study_note(study_name: str, definition: StudyDefinition, best: TrialRecord | None) -> str:
     """Markdown for the study's note in the dashboard: how to read the values; the best feasible trial."""
     low, high = definition.targets.min_val, definition.targets.max_train
     if best is None:
@@ -234,11 +198,10 @@ def study_note(study_name: str, definition: StudyDefinition, best: tuple[int, Ma
             f"{low:g} and train accuracy <= {high:g}."
         )
     else:
-        number, attrs = best
         headline = (
-            f"**Best feasible trial: {number}**: val accuracy {float(attrs['val_acc']):.4f} after epoch "
-            f"{attrs.get('epoch')} (train accuracy {float(attrs['train_acc']):.4f}), with "
-            f"`{attrs.get('strategy', '?')}`.\n\nIts epoch table and PyTorch code: "
+            f"**Best feasible trial: {best.number}**: val accuracy {best.val_acc:.4f} after epoch "
+            f"{best.chosen_epoch} (train accuracy {best.train_acc:.4f}), with "
+            f"`{best.strategy or '?'}`.\n\nIts epoch table and PyTorch code: "
             f"`lrsearch best --study-name {study_name}`."
         )
     meaning = (
@@ -271,13 +234,9 @@ def write_study_note(study: optuna.Study, text: str) -> None:
 
 def refresh_study_note(study: optuna.Study, definition: StudyDefinition) -> None:
     """Rewrite the study note from the stored trials (the authority once no worker is finishing a trial)."""
-    from lrsearch.review.results import best_trial
+    from lrsearch.review.results import best_record
 
-    best = best_trial(study)
-    write_study_note(
-        study,
-        study_note(study.study_name, definition, None if best is None else (best.number, best.user_attrs)),
-    )
+    write_study_note(study, study_note(study.study_name, definition, best_record(study)))
 
 
 __all__ = [

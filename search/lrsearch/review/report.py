@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import LRSearchError
-from lrsearch.review.plots import TrialView
+from lrsearch.review.tables import Column, epoch_table_html, html_table
 from lrsearch.study.definition import StudyDefinition
+from lrsearch.study.record import TrialRecord, epochs_from_json
 
 if TYPE_CHECKING:
     import optuna
@@ -57,38 +58,17 @@ def write_report(study: optuna.Study, definition: StudyDefinition, out: Path, *,
 # --- data ---------------------------------------------------------------------------------------------------
 
 
-def trial_views(study: optuna.Study) -> list[TrialView]:
-    views = []
-    for t in study.get_trials(deepcopy=False):
-        attrs, state = t.user_attrs, t.state.name.lower()
-        views.append(
-            TrialView(
-                number=t.number,
-                state=state,
-                family=str(t.params.get("scheduler", "")),
-                value=t.value if state == "complete" else None,
-                feasible=bool(attrs.get("feasible")),
-                val_acc=_number(attrs.get("val_acc")),
-                train_acc=_number(attrs.get("train_acc")),
-                epoch=attrs.get("epoch"),
-                history=list(attrs.get("history", [])),
-                strategy=str(attrs.get("strategy", "")),
-            )
-        )
-    return views
+def trial_views(study: optuna.Study) -> list[TrialRecord]:
+    return [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def ranked(trials: Iterable[TrialView]) -> list[TrialView]:
+def ranked(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
     """Complete trials, best first: feasible ones by val accuracy, then infeasible ones by val accuracy."""
     complete = [t for t in trials if t.state == "complete" and t.val_acc is not None]
     return sorted(complete, key=lambda t: (t.counts_as_best, t.val_acc, -t.number), reverse=True)
 
 
-def family_rows(trials: Sequence[TrialView]) -> list[dict[str, Any]]:
+def family_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     """Per scheduler family: finished trials, how many complete / pruned / feasible, best and median val."""
     rows = []
     for family in sorted({t.family for t in trials if t.state in FINISHED}):
@@ -109,11 +89,11 @@ def family_rows(trials: Sequence[TrialView]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["best_val"] is not None, r["best_val"] or 0.0, r["trials"]), reverse=True)
 
 
-def compute_summary(study: optuna.Study, trials: Sequence[TrialView], epochs: int) -> dict[str, Any]:
+def compute_summary(study: optuna.Study, trials: Sequence[TrialRecord], epochs: int) -> dict[str, Any]:
     """Epochs and seconds spent, and epochs saved by pruning and by early stopping, over finished trials."""
     finished = [t for t in trials if t.state in FINISHED]
     trained = sum(len(t.history) for t in finished)
-    seconds = sum(float(row.get("seconds", 0.0)) for t in finished for row in t.history)
+    seconds = sum(epoch.seconds for t in finished for epoch in t.history)
     per_epoch = seconds / trained if trained else 0.0
     by_pruning = sum(max(0, epochs - len(t.history)) for t in finished if t.state == "pruned")
     by_stopping = sum(max(0, epochs - len(t.history)) for t in finished if t.state == "complete")
@@ -137,7 +117,7 @@ def compute_summary(study: optuna.Study, trials: Sequence[TrialView], epochs: in
     }
 
 
-def param_importances(study: optuna.Study, trials: Sequence[TrialView]) -> tuple[dict[str, float], str]:
+def param_importances(study: optuna.Study, trials: Sequence[TrialRecord]) -> tuple[dict[str, float], str]:
     """Importances (Optuna's default evaluator) for the feasible score (val accuracy when feasible, else 0),
     or for the objective value while no trial is feasible; the text says which, or why there are none."""
     import optuna
@@ -166,7 +146,7 @@ def param_importances(study: optuna.Study, trials: Sequence[TrialView]) -> tuple
     return {k: float(v) for k, v in values.items()}, note + "only that family's trials, so they are less certain"
 
 
-def make_figures(study: optuna.Study, definition: StudyDefinition, trials: Sequence[TrialView]) -> dict[str, Figure]:
+def make_figures(study: optuna.Study, definition: StudyDefinition, trials: Sequence[TrialRecord]) -> dict[str, Figure]:
     from lrsearch.review import plots
 
     targets = definition.targets
@@ -232,7 +212,7 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; border: 1px solid #e1
 def render_html(
     study: optuna.Study,
     definition: StudyDefinition,
-    trials: Sequence[TrialView],
+    trials: Sequence[TrialRecord],
     figures: Mapping[str, Figure],
     storage_label: str,
 ) -> str:
@@ -299,7 +279,7 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 
 def _summary_html(
-    study: optuna.Study, definition: StudyDefinition, trials: Sequence[TrialView], storage_label: str
+    study: optuna.Study, definition: StudyDefinition, trials: Sequence[TrialRecord], storage_label: str
 ) -> str:
     count = {
         state: sum(t.state == state for t in trials) for state in ("complete", "pruned", "fail", "running", "waiting")
@@ -341,20 +321,6 @@ def _best_html(study: optuna.Study, definition: StudyDefinition) -> str:
     except LRSearchError as e:
         return f'<p class="warn">{html.escape(str(e))}</p>'
     chosen = summary["epochs_to_train"]
-    history = summary["history"]
-    headers = ["epoch", "train loss", "val loss", "train acc", "val acc", "LR first step", "LR last step"]
-    rows = [
-        [
-            r["epoch"],
-            _fmt(r["train_loss"]),
-            _fmt(r["val_loss"]),
-            _fmt(r["train_acc"]),
-            _fmt(r["val_acc"]),
-            _fmt(r["lr"], ".4g"),
-            _fmt(r.get("lr_end", r["lr"]), ".4g"),
-        ]
-        for r in history
-    ]
     return "\n".join(
         [
             f'<p class="best">Trial {summary["trial"]}: <code>{html.escape(summary["strategy"])}</code></p>',
@@ -363,7 +329,7 @@ def _best_html(study: optuna.Study, definition: StudyDefinition) -> str:
             f"{summary['scheduled_epochs']} epochs the schedule is "
             "planned for "
             f"(seed {summary['seed']}).</p>",
-            _table(headers, rows, text=(), classes=["chosen" if r["epoch"] == chosen else "" for r in history]),
+            epoch_table_html(epochs_from_json(summary["history"]), chosen=chosen),
             "<p>PyTorch code for your own training loop (uses <code>model</code>, <code>train_loader</code>, "
             "<code>loss_fn</code>):</p>",
             f"<pre><code>{html.escape(summary['code'])}</code></pre>",
@@ -441,45 +407,13 @@ def _compute_html(c: Mapping[str, Any]) -> str:
 
 
 def _trials_html(study: optuna.Study) -> str:
-    from lrsearch.review.results import trial_rows
+    from lrsearch.review.results import TRIAL_COLUMNS, trial_rows
 
     rows = trial_rows(study)
     if not rows:
         return '<p class="muted">No trial yet.</p>'
-
-    def yes_no(value: Any) -> str:
-        return "-" if value is None else ("yes" if value else "no")
-
-    return _table(
-        [
-            "#",
-            "state",
-            "optimizer",
-            "scheduler",
-            "lr",
-            "feasible",
-            "val acc",
-            "train acc",
-            "epoch",
-            "stop reason",
-        ],
-        [
-            [
-                r["number"],
-                r["state"],
-                r["optimizer"] or "-",
-                r["scheduler"] or "-",
-                _fmt(r["lr"], ".3g"),
-                yes_no(r["feasible"]),
-                _fmt(r["val_acc"]),
-                _fmt(r["train_acc"]),
-                _fmt(r["epoch"], "d"),
-                r["stop_reason"] or "-",
-            ]
-            for r in rows
-        ],
-        text=(1, 2, 3, 9),
-    )
+    stop_reason: Column[Mapping[str, Any]] = Column("stop reason", lambda r: r["stop_reason"], align="left")
+    return html_table((*TRIAL_COLUMNS, stop_reason), rows)
 
 
 __all__ = ["write_report", "trial_views", "family_rows", "compute_summary", "param_importances"]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import LRSearchError
+from lrsearch.review.tables import Column, epoch_table_text, text_table
 from lrsearch.strategy.strategy import LRStrategy
 from lrsearch.study.definition import StudyDefinition
+from lrsearch.study.record import TrialRecord, epochs_from_json
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
-
-EPOCH_COLUMNS = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "lr")
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -23,29 +24,35 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
-def best_summary(study: optuna.Study, definition: StudyDefinition) -> dict[str, Any]:
+def best_record(study: optuna.Study) -> TrialRecord | None:
     trial = best_trial(study)
-    if trial is None:
+    return None if trial is None else TrialRecord.from_trial(trial)
+
+
+def best_summary(study: optuna.Study, definition: StudyDefinition) -> dict[str, Any]:
+    record = best_record(study)
+    if record is None:
         complete = sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
         raise LRSearchError(
             f"study '{study.study_name}' has no feasible trial yet ({complete} complete): none reached "
             f"val_acc >= {definition.targets.min_val} with train_acc <= {definition.targets.max_train}; "
             "run more trials (lrsearch start) or widen the space"
         )
-    strategy = LRStrategy.from_params(trial.params, definition.epochs)
-    epoch = int(trial.user_attrs["epoch"])
-    steps = int(trial.user_attrs["steps_per_epoch"])
+    epoch, steps = record.chosen_epoch, record.steps_per_epoch
+    if epoch is None or steps is None:
+        raise LRSearchError(f"trial {record.number} of study '{study.study_name}' has no recorded result")
+    strategy = LRStrategy.from_params(record.params, definition.epochs)
     return {
         "study": study.study_name,
-        "trial": trial.number,
-        "val_acc": trial.user_attrs["val_acc"],
-        "train_acc": trial.user_attrs["train_acc"],
+        "trial": record.number,
+        "val_acc": record.val_acc,
+        "train_acc": record.train_acc,
         "epochs_to_train": epoch,
         "scheduled_epochs": definition.epochs,
         "strategy": strategy.describe(),
-        "params": trial.params,
-        "seed": trial.user_attrs.get("seed"),
-        "history": trial.user_attrs.get("history", []),
+        "params": dict(record.params),
+        "seed": record.seed,
+        "history": record.history_attrs()["history"],
         "code": strategy.to_code(steps, train_epochs=epoch),
     }
 
@@ -58,7 +65,7 @@ def format_best(summary: dict[str, Any]) -> str:
         f"after epoch {summary['epochs_to_train']}: train {summary['epochs_to_train']} of the "
         f"{summary['scheduled_epochs']} epochs the schedule is planned for",
         "",
-        format_table(summary["history"], chosen=summary["epochs_to_train"]),
+        epoch_table_text(epochs_from_json(summary["history"]), chosen=summary["epochs_to_train"]),
         "",
         "PyTorch code:",
         "",
@@ -67,56 +74,48 @@ def format_best(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_table(history: list[dict[str, Any]], *, chosen: int | None = None) -> str:
-    header = f"  {'epoch':>5}  {'train loss':>10}  {'val loss':>9}  {'train acc':>9}  {'val acc':>8}  {'lr':>10}"
-    rows = [header]
-    for r in history:
-        mark = "  <- best feasible" if r["epoch"] == chosen else ""
-        rows.append(
-            f"  {r['epoch']:>5}  {r['train_loss']:>10.4f}  {r['val_loss']:>9.4f}  {r['train_acc']:>9.4f}  "
-            f"{r['val_acc']:>8.4f}  {r['lr']:>10.3g}{mark}"
-        )
-    return "\n".join(rows)
-
-
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
+        record = TrialRecord.from_trial(t)
         rows.append(
             {
-                "number": t.number,
+                "number": record.number,
                 # A trial made past the budget after a lost lock is voided: failed, and not counted.
-                "state": "void" if t.user_attrs.get("lrsearch.void") else t.state.name.lower(),
-                "optimizer": t.params.get("optimizer"),
-                "scheduler": t.params.get("scheduler"),
-                "lr": t.params.get("lr"),
-                "feasible": t.user_attrs.get("feasible"),
-                "val_acc": t.user_attrs.get("val_acc"),
-                "train_acc": t.user_attrs.get("train_acc"),
-                "epoch": t.user_attrs.get("epoch"),
-                "stop_reason": t.user_attrs.get("stop_reason"),
+                "state": record.status,
+                "optimizer": record.params.get("optimizer"),
+                "scheduler": record.params.get("scheduler"),
+                "lr": record.params.get("lr"),
+                "feasible": record.feasible,
+                "val_acc": record.val_acc,
+                "train_acc": record.train_acc,
+                "epoch": record.chosen_epoch,
+                "stop_reason": record.stop_reason,
             }
         )
     return rows
 
 
+def yes_no(value: bool | None) -> str | None:
+    return None if value is None else ("yes" if value else "no")
+
+
+Row = Mapping[str, Any]
+TRIAL_COLUMNS: tuple[Column[Row], ...] = (
+    Column("#", lambda r: r["number"], "d"),
+    Column("state", lambda r: r["state"], align="left"),
+    Column("optimizer", lambda r: r["optimizer"], align="left"),
+    Column("scheduler", lambda r: r["scheduler"], align="left"),
+    Column("lr", lambda r: r["lr"], ".3g"),
+    Column("feasible", lambda r: yes_no(r["feasible"]), align="left"),
+    Column("val acc", lambda r: r["val_acc"], ".4f"),
+    Column("train acc", lambda r: r["train_acc"], ".4f"),
+    Column("epoch", lambda r: r["epoch"], "d"),
+)
+
+
 def format_trials(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'#':>4}  {'state':<8}  {'optimizer':<9}  {'scheduler':<15}  {'lr':>9}  {'feasible':<8}  "
-        f"{'val acc':>7}  {'train acc':>9}  {'epoch':>5}"
-    ]
-
-    def num(value: Any, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    for r in rows:
-        feasible = "-" if r["feasible"] is None else ("yes" if r["feasible"] else "no")
-        lines.append(
-            f"{r['number']:>4}  {r['state']:<8}  {r['optimizer'] or '-':<9}  {r['scheduler'] or '-':<15}  "
-            f"{num(r['lr'], '9.3g')}  {feasible:<8}  {num(r['val_acc'], '7.4f')}  "
-            f"{num(r['train_acc'], '9.4f')}  {num(r['epoch'], '5d')}"
-        )
-    return "\n".join(lines)
+    return text_table(TRIAL_COLUMNS, rows)
 
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
@@ -128,13 +127,13 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
             study, definition = load(storage, name)
         except LRSearchError:
             continue  # not an lrsearch study
-        best = best_trial(study)
+        best = best_record(study)
         rows.append(
             {
                 "name": name,
                 "trials": definition.trials,
                 "finished": budget(study, definition.trials).finished,
-                "best_val_acc": None if best is None else best.user_attrs.get("val_acc"),
+                "best_val_acc": None if best is None else best.val_acc,
                 "best_trial": None if best is None else best.number,
             }
         )

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 from lrsearch.errors import ConfigError, StorageError
 from lrsearch.store.urls import mask_url
 from lrsearch.study.definition import StudyDefinition
+from lrsearch.study.record import VOID_ATTR, voided
 
 if TYPE_CHECKING:
     import optuna
 
 DEFINITION_ATTR = "lrsearch.study.definition"
-# A FAIL trial with this user attribute never ran and holds no place in the budget: a worker voided it because
-# it was made beyond the budget (the budget lock was lost while it was made) or its worker died at once.
-VOID_ATTR = "lrsearch.void"
+# A FAIL trial with the user attribute VOID_ATTR never ran and holds no place in the budget: a worker voided it
+# because it was made beyond the budget (the budget lock was lost while it was made) or its worker died at once.
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def make_pruner(definition: StudyDefinition) -> optuna.pruners.BasePruner:
 def budget(study: optuna.Study, total: int) -> Budget:
     from optuna.trial import TrialState
 
-    trials = [t for t in study.get_trials(deepcopy=False) if VOID_ATTR not in t.user_attrs]
+    trials = [t for t in study.get_trials(deepcopy=False) if not voided(t)]
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     finished = sum(t.state in done or (t.state == TrialState.FAIL and t.number not in retried) for t in trials)
@@ -167,4 +167,4 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
 
 
-__all__ = ["Budget", "create_or_resume", "check_resumable", "load", "budget", "stored_total", "mask_url"]
+__all__ = ["Budget", "create_or_resume", "check_resumable", "load", "budget", "stored_total", "mask_url", "VOID_ATTR"]

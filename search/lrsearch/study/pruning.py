@@ -12,9 +12,9 @@ theirs, and the slow risers that end just under the ceiling later (where the bes
 ones) were cut. benchmarks/search_efficiency.py: with 50, lrsearch's best per run 0.9469-0.9496 (median 0.9475);
 with 25, 0.9476-0.9486 (median 0.9482), at 43-49 trials per 264 epochs instead of 52-63.
 
-The finished trials are read from the storage once per pruned trial, at its first check past the warmup, and
-reused for its later epochs: one storage read per trial instead of one per epoch (the read re-fetches every
-running trial of the other workers), at the price of not seeing trials that finish meanwhile.
+The finished trials are read from the storage (as trial records) once per pruned trial, at its first check past
+the warmup, and reused for its later epochs: one storage read per trial instead of one per epoch (the read
+re-fetches every running trial of the other workers), at the price of not seeing trials that finish meanwhile.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lrsearch.study.record import TrialRecord
 from lrsearch.study.scoring import EpochSelector
 from lrsearch.study.targets import Targets
-from lrsearch.train.records import EpochRecord
 
 
 class FeasiblePercentilePruner(optuna.pruners.BasePruner):
@@ -35,20 +35,21 @@ class FeasiblePercentilePruner(optuna.pruners.BasePruner):
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
         self.targets, self.n_startup_trials, self.n_warmup_steps = targets, n_startup_trials, n_warmup_steps
         self.percentile = percentile
-        self._finished: tuple[int, list[FrozenTrial]] | None = None  # (trial number, what it compares with)
+        self._finished: tuple[int, list[TrialRecord]] | None = None  # (trial number, what it compares with)
 
-    def score(self, trial: FrozenTrial, epoch: int) -> float | None:
+    def score(self, trial: FrozenTrial | TrialRecord, epoch: int) -> float | None:
         """The trial's score after `epoch` epochs, or None when that is unknown.
 
         A complete trial that stopped early (it could not improve, or diverged) keeps its final score; a pruned
         trial is unknown beyond its last epoch.
         """
-        history = trial.user_attrs.get("history", [])
-        if not history or (len(history) < epoch and trial.state != TrialState.COMPLETE):
+        record = trial if isinstance(trial, TrialRecord) else TrialRecord.from_trial(trial)
+        history = record.history
+        if not history or (len(history) < epoch and record.state != "complete"):
             return None
         selector = EpochSelector(self.targets)
         for row in history[:epoch]:
-            selector.add(EpochRecord(**row))
+            selector.add(row)
         return selector.score
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
@@ -64,10 +65,11 @@ class FeasiblePercentilePruner(optuna.pruners.BasePruner):
             return False
         return mine < percentile(others, self.percentile)
 
-    def _finished_before(self, study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
+    def _finished_before(self, study: optuna.Study, trial: FrozenTrial) -> list[TrialRecord]:
         if self._finished is None or self._finished[0] != trial.number:
             states = (TrialState.COMPLETE, TrialState.PRUNED)
-            self._finished = (trial.number, study.get_trials(deepcopy=False, states=states))
+            finished = study.get_trials(deepcopy=False, states=states)
+            self._finished = (trial.number, [TrialRecord.from_trial(t) for t in finished])
         return self._finished[1]
 
 

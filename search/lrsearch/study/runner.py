@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 
 from lrsearch.store.batching import shared_reads, write_trial
 from lrsearch.study.definition import StudyDefinition
-from lrsearch.study.record import dashboard_attrs
+from lrsearch.study.record import WORKER_ATTR, TrialRecord, stored_seed
 from lrsearch.study.scoring import EpochSelector
 from lrsearch.train.loop import steps_per_epoch, train
 from lrsearch.train.objective import Objective, TrainingData
@@ -18,8 +18,7 @@ from lrsearch.train.records import EpochRecord
 
 _logger = logging.getLogger(__name__)
 
-
-WORKER_ATTR = "worker"  # trial user attribute: host:pid of the worker that ran it
+__all__ = ["TrialRunner", "trial_seed", "retry_seed", "WORKER_ATTR"]
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -29,9 +28,9 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 def retry_seed(trial: optuna.Trial, study_seed: int) -> int:
     """The trial's training seed: a retry keeps the seed of the trial it repeats (its user attributes are copied
     to it; if its worker died before recording one, the seed follows from the first attempt's number)."""
-    stored = trial.user_attrs.get("seed")
+    stored = stored_seed(trial)
     if stored is not None:
-        return int(stored)
+        return stored
     # Read when the trial was made (a retry is made with `failed_trial`); else read it again.
     frozen = getattr(trial, "_cached_frozen_trial", None) or trial.storage.get_trial(trial._trial_id)
     system_attrs = frozen.system_attrs
@@ -46,53 +45,57 @@ class TrialRunner:
     objective: Objective
     data: TrainingData
     worker: str = ""  # recorded as the trial's user attribute `worker` (host:pid)
-    # Called once a trial's result is known, before it is told to Optuna: the worker publishes notes there.
-    publish: Callable[[optuna.Trial, StudyDefinition, bool], None] | None = None
+    # Called with the trial's record once its result is known, before it is told to Optuna (a finished trial
+    # takes no more attributes or artifacts): the worker publishes notes there.
+    publish: Callable[[optuna.Trial, StudyDefinition, TrialRecord], None] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         definition = self.definition
         with shared_reads(trial.study):  # one read of the trials for the whole sampling, one write of the params
             strategy = definition.space.sample(trial, definition.epochs)
-        seed = retry_seed(trial, definition.seed)
-        started = {
-            "seed": seed,
-            "strategy": strategy.describe(),
-            "steps_per_epoch": steps_per_epoch(self.data, self.objective.batch_size),
-            "device": str(self.data.train_inputs.device),
-        }
-        write_trial(trial, user_attrs={WORKER_ATTR: self.worker, **started} if self.worker else started)
+        record = TrialRecord(
+            number=trial.number,
+            state="running",
+            params=trial.params,
+            strategy=strategy.describe(),
+            seed=retry_seed(trial, definition.seed),
+            worker=self.worker,
+            device=str(self.data.train_inputs.device),
+            steps_per_epoch=steps_per_epoch(self.data, self.objective.batch_size),
+        )
+        assert record.seed is not None
+        write_trial(trial, user_attrs=record.started_attrs())
 
         selector = EpochSelector(definition.targets)
-        history: list[dict[str, float]] = []
         stop_reason = f"trained all {definition.epochs} epochs"
-        for record in train(
-            strategy, self.objective, self.data, seed=seed, train_accuracy=definition.targets.train_accuracy
+        for epoch in train(
+            strategy, self.objective, self.data, seed=record.seed, train_accuracy=definition.targets.train_accuracy
         ):
-            history.append(record.as_dict())
-            if record.diverged:
-                write_trial(trial, user_attrs={"history": history})
-                stop_reason = f"diverged: loss became {record.train_loss} in epoch {record.epoch} (LR too high?)"
+            record = replace(record, history=(*record.history, epoch))
+            if epoch.diverged:
+                write_trial(trial, user_attrs=record.history_attrs())
+                stop_reason = f"diverged: loss became {epoch.train_loss} in epoch {epoch.epoch} (LR too high?)"
                 if selector.chosen is None:
-                    selector.add(record)
+                    selector.add(epoch)
                 break
-            selector.add(record)
-            write_trial(trial, user_attrs={"history": history}, report=(record.epoch, record.val_acc))
+            selector.add(epoch)
+            write_trial(trial, user_attrs=record.history_attrs(), report=(epoch.epoch, epoch.val_acc))
             if trial.should_prune():
-                self._finish(trial, selector, history, f"pruned after epoch {record.epoch}", complete=False)
-                raise optuna.TrialPruned(f"val_acc {record.val_acc:.4f} after epoch {record.epoch}")
+                self._finish(trial, selector, record, f"pruned after epoch {epoch.epoch}", complete=False)
+                raise optuna.TrialPruned(f"val_acc {epoch.val_acc:.4f} after epoch {epoch.epoch}")
             if selector.should_stop():
                 stop_reason = (
-                    f"stopped after epoch {record.epoch}: train accuracy above "
+                    f"stopped after epoch {epoch.epoch}: train accuracy above "
                     f"{definition.targets.max_train} for {selector.overfit_streak} epochs"
                 )
                 break
-        return self._finish(trial, selector, history, stop_reason, complete=True).val_acc
+        return self._finish(trial, selector, record, stop_reason, complete=True).val_acc
 
     def _finish(
         self,
         trial: optuna.Trial,
         selector: EpochSelector,
-        history: list[dict[str, float]],
+        record: TrialRecord,
         stop_reason: str,
         *,
         complete: bool,
@@ -100,18 +103,21 @@ class TrialRunner:
         """The trial's result in one write (summary, dashboard attributes, constraints), then its notes."""
         chosen = selector.chosen
         assert chosen is not None, "a trial reports at least one epoch"
-        summary = {
-            "feasible": selector.feasible(chosen),
-            "val_acc": chosen.val_acc,
-            "train_acc": chosen.train_acc,
-            "epoch": chosen.epoch,
-            "stop_reason": stop_reason,
-        }
+        record = replace(
+            record,
+            state="complete" if complete else "pruned",
+            value=chosen.val_acc if complete else None,
+            chosen_epoch=chosen.epoch,
+            val_acc=chosen.val_acc,
+            train_acc=chosen.train_acc,
+            feasible=selector.feasible(chosen),
+            stop_reason=stop_reason,
+        )
         write_trial(
             trial,
-            user_attrs={**summary, **dashboard_attrs(summary, history, complete=complete)},
+            user_attrs=record.result_attrs(),
             constraints=selector.constraints(chosen) if complete else None,
         )
         if self.publish is not None:
-            self.publish(trial, self.definition, complete)
+            self.publish(trial, self.definition, record)
         return chosen

@@ -149,10 +149,10 @@ def test_a_dead_workers_trial_is_run_again_with_its_params_and_seed(
 def test_a_trial_that_never_had_a_heartbeat_is_voided(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lrsearch.fleet.worker, "HEARTBEAT_GRACE", 0)
+    monkeypatch.setenv("LRSEARCH_HEARTBEAT_GRACE", "1")
     name = make_study(tmp_path, sqlite_url, trials=2)
     orphan = _ask_with_params(sqlite_url, name, seed=None)  # its worker died before the first heartbeat
-    time.sleep(0.05)
+    time.sleep(1.05)  # older than the grace period
     assert run_worker(sqlite_url, name) == 2
     study, _ = load(open_storage(sqlite_url), name)
     voided = study.trials[orphan.number]
@@ -298,7 +298,7 @@ def test_retry_gives_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) ->
 def test_worker_exits_with_a_message_when_the_database_stays_unreachable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(lrsearch.fleet.worker, "STORAGE_RETRY_SECONDS", 2)
+    monkeypatch.setenv("LRSEARCH_STORAGE_RETRY_SECONDS", "2")
     url = "postgresql+psycopg2://postgres@127.0.0.1:1/test"  # nothing listens on port 1
     result = CliRunner().invoke(main, ["worker", "--storage", url, "--study-name", "x"])
     assert result.exit_code == 1, result.output

@@ -23,9 +23,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from lrsearch import settings
 from lrsearch.errors import ConfigError, LRSearchError
 from lrsearch.fleet.threads import auto_workers, thread_env, threads_per_worker, usable_cores
-from lrsearch.store.storage import HEARTBEAT_GRACE, STORAGE_RETRY_SECONDS
 from lrsearch.store.urls import mask_url
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def run_fleet(
     from lrsearch.store.storage import open_storage
     from lrsearch.study.lifecycle import load
 
-    study = load(open_storage(storage_url, retry_seconds=STORAGE_RETRY_SECONDS), study_name)[0]
+    study = load(open_storage(storage_url, retry_seconds=settings.storage_retry_seconds()), study_name)[0]
     watcher = _Watcher(study, on_trial)
     if len(specs) > 1:
         prepare_data(storage_url, study_name, data_dir)
@@ -319,7 +319,8 @@ def _supervise(
                 if code != 0 and not stop.is_set():
                     echo(
                         f"{specs[index].describe()} (pid {process.pid}) {_exit(code)}; a trial it was "
-                        f"running is run again by another worker once its heartbeat is {HEARTBEAT_GRACE}s old"
+                        f"running is run again by another worker once its heartbeat is "
+                        f"{settings.heartbeat_grace()}s old"
                     )
         _poll_quietly(watcher)
         if stop_deadline is not None and time.monotonic() > stop_deadline:

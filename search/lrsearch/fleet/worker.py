@@ -33,12 +33,13 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from lrsearch import settings
 from lrsearch.errors import ConfigError, StorageError
 from lrsearch.fleet.threads import set_torch_threads
 from lrsearch.review.publish import publish_trial
 from lrsearch.store.batching import shared_reads, write_trial
 from lrsearch.store.retry import retry_transient
-from lrsearch.store.storage import HEARTBEAT_GRACE, STORAGE_RETRY_SECONDS, open_storage, retry_seconds_of
+from lrsearch.store.storage import open_storage, retry_seconds_of
 from lrsearch.store.urls import sqlite_file
 from lrsearch.study.lifecycle import VOID_ATTR, Budget, budget, load, stored_total
 from lrsearch.study.runner import WORKER_ATTR, TrialRunner
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 POLL_SECONDS = 2.0  # how often an idle worker looks for retries while other workers finish
-THREADS_ENV = "LRSEARCH_TORCH_THREADS"  # torch threads of a worker (`start` sets it for its workers)
 
 TrialCallback = Callable[[FrozenTrial, Budget], None]
 
@@ -240,7 +240,7 @@ def run_worker(
     """
     stopper = Stopper()
     with stopper.installed():
-        storage = open_storage(storage_url, retry_seconds=STORAGE_RETRY_SECONDS)
+        storage = open_storage(storage_url, retry_seconds=settings.storage_retry_seconds())
         study, definition = load(storage, study_name)
         with stopper.interruptible():
             runner = _make_runner(definition, device, data_dir, threads)
@@ -278,9 +278,8 @@ def _work(
 
 
 def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None, threads: int | None) -> TrialRunner:
-
-    threads = threads or int(os.environ.get(THREADS_ENV, "0") or 0)
-    if threads > 0:
+    threads = threads or settings.torch_threads()  # `start` sets LRSEARCH_TORCH_THREADS for its workers
+    if threads:
         set_torch_threads(threads)  # `start` divides the cores among its workers
     objective = load_objective(definition.objective, definition.objective_options)
     data = load_data(objective, definition.objective, pick_device(device), data_dir)
@@ -365,7 +364,7 @@ def _orphans(study: optuna.Study) -> list[int]:
         .where(trials.c.study_id == study._study_id, trials.c.state == TrialState.RUNNING)
         .where(
             beats.c.trial_id.is_(None),
-            trials.c.datetime_start < datetime.now() - timedelta(seconds=HEARTBEAT_GRACE),
+            trials.c.datetime_start < datetime.now() - timedelta(seconds=settings.heartbeat_grace()),
         )
     )
 
@@ -443,7 +442,7 @@ def _taken_over(trial: optuna.Trial) -> None:
         "trial %d was failed by another worker while this one ran it (no heartbeat for %ss: was the database "
         "unreachable?); its copy runs again, this result is dropped",
         trial.number,
-        HEARTBEAT_GRACE,
+        settings.heartbeat_grace(),
     )
 
 

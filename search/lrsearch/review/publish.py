@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrsearch import settings
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import SCORE_ATTR
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-ARTIFACT_DIR_ENV = "LRSEARCH_ARTIFACT_DIR"
 ARTIFACTS_OFF = "off"
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "lr_end", "seconds")
 
@@ -61,7 +60,7 @@ def default_artifact_dir(storage_url: str | None) -> Path | None:
 def artifact_dir(storage_url: str | None, given: str | Path | None = None) -> Path | None:
     """The artifact folder: `given` (e.g. --artifact-dir), else $LRSEARCH_ARTIFACT_DIR, else the default
     beside a SQLite file. The value `off` turns artifacts off."""
-    value = str(given) if given is not None else os.environ.get(ARTIFACT_DIR_ENV, "")
+    value = str(given) if given is not None else settings.artifact_dir()
     if value.strip().lower() == ARTIFACTS_OFF:
         return None
     if value.strip():
@@ -286,5 +285,4 @@ __all__ = [
     "refresh_study_note",
     "study_note",
     "trial_note",
-    "ARTIFACT_DIR_ENV",
 ]

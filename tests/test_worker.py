@@ -329,3 +329,53 @@ def test_two_processes_creating_a_new_database_at_once(sqlite_url: str, monkeypa
 
     monkeypatch.setattr(lrsearch.store.storage, "_retrying_storage_class", lambda: slower_process)
     assert open_storage(sqlite_url).get_all_studies() == [] and len(calls) == 2
+
+
+def test_a_retry_keeps_only_the_seed_of_the_dead_attempt(tmp_path: Path, sqlite_url: str) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=2)
+    dead = _ask_with_params(sqlite_url, name, seed=4242)
+    storage = open_storage(sqlite_url)
+    # What the dead attempt had written by the time its worker died: results of its own epochs.
+    for key, value in {"history": [{"epoch": e} for e in range(1, 6)], "stop_reason": "x", "feasible": True}.items():
+        storage.set_trial_user_attr(dead._trial_id, key, value)
+    storage.set_trial_system_attr(dead._trial_id, "constraints:min_val_acc", -0.5)
+    storage.record_heartbeat(dead._trial_id)
+    _age_heartbeat(sqlite_url, dead._trial_id)
+
+    study, _ = load(open_storage(sqlite_url), name)
+    lrsearch.fleet.worker.reap(study)
+    [waiting] = copies_of(study, dead.number)
+    assert waiting.state == TrialState.WAITING and waiting.params == dead.params
+    assert waiting.user_attrs == {"seed": 4242}
+    assert waiting.system_attrs == {"failed_trial": dead.number, "retry_history": [dead.number]}
+    assert waiting.intermediate_values == {}
+
+    assert run_worker(sqlite_url, name) == 2
+    study, _ = load(open_storage(sqlite_url), name)
+    [rerun] = copies_of(study, dead.number)
+    assert rerun.state == TrialState.COMPLETE and rerun.user_attrs["seed"] == 4242
+    assert [row["epoch"] for row in rerun.user_attrs["history"]] == [1, 2]  # its own epochs only
+
+
+def test_interruptions_do_not_use_up_the_retries_of_a_dead_worker(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(lrsearch.fleet.worker, "TrialRunner", _SignalledRunner)
+        for _ in range(2):  # Ctrl-C twice while the same trial runs
+            with pytest.raises(KeyboardInterrupt):
+                run_worker(sqlite_url, name)
+    study, _ = load(open_storage(sqlite_url), name)
+    assert states(sqlite_url) == Counter(FAIL=2, WAITING=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        third = study.ask()  # the queued copy, taken by a worker that then dies
+    open_storage(sqlite_url).record_heartbeat(third._trial_id)
+    _age_heartbeat(sqlite_url, third._trial_id)
+
+    assert run_worker(sqlite_url, name) == 1
+    study, _ = load(open_storage(sqlite_url), name)
+    [rerun] = [t for t in study.trials if t.system_attrs.get("retry_history") == [0, 1, 2]]
+    assert rerun.state == TrialState.COMPLETE and rerun.user_attrs["seed"] == 77
+    assert finished(sqlite_url) == 1

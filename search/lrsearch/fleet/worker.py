@@ -40,6 +40,7 @@ from lrsearch.review.publish import publish_trial
 from lrsearch.store.batching import shared_reads, write_trial
 from lrsearch.store.retry import retry_transient
 from lrsearch.store.storage import open_storage, retry_seconds_of
+from lrsearch.store.trial_retry import RetryCopy
 from lrsearch.store.urls import sqlite_file
 from lrsearch.study.lifecycle import VOID_ATTR, Budget, budget, load, stored_total
 from lrsearch.study.runner import WORKER_ATTR, TrialRunner
@@ -376,8 +377,11 @@ def _orphans(study: optuna.Study) -> list[int]:
     return retry_transient(read, "looking for orphaned trials", retry) if retry else read()
 
 
-def _fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, *, retry: int | None) -> None:
-    """Fail a RUNNING trial and queue a copy (same parameters, same seed); nothing if it already finished."""
+def _fail_and_requeue(
+    study: optuna.Study, trial_id: int, reason: str, *, retry: int | None, interrupted: bool = False
+) -> None:
+    """Fail a RUNNING trial and queue a copy (same parameters, same seed, see lrsearch.store.trial_retry) unless it
+    was retried `retry` times already; nothing if it already finished. An `interrupted` trial is always queued."""
     storage = study._storage
     try:
         storage.set_trial_user_attr(trial_id, "stop_reason", reason)
@@ -385,10 +389,7 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, *, retry:
             return
     except UpdateFinishedTrialError:
         return  # another worker reaped it first and queued its retry
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry)
-    callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    RetryCopy(retry, interrupted=interrupted)(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
 def _run_one(
@@ -408,7 +409,7 @@ def _run_one(
         except KeyboardInterrupt as e:
             with budget_lock(storage, study.study_name):  # the FAIL and its queued copy appear together
                 reason = f"interrupted ({e or 'SIGINT'}); queued to run again"
-                _fail_and_requeue(study, trial._trial_id, reason, retry=None)
+                _fail_and_requeue(study, trial._trial_id, reason, retry=None, interrupted=True)
             raise
         except UpdateFinishedTrialError:
             _taken_over(trial)

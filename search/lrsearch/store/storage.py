@@ -177,7 +177,8 @@ def _tune_sqlite(engine: Any) -> None:
 def _new_storage(url: str, engine_kwargs: dict[str, object]) -> optuna.storages.RDBStorage:
     import optuna
     import sqlalchemy
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from lrsearch.store.trial_retry import RetryCopy
 
     for attempt in range(3):
         try:
@@ -188,7 +189,7 @@ def _new_storage(url: str, engine_kwargs: dict[str, object]) -> optuna.storages.
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=settings.heartbeat_interval(),
                     grace_period=settings.heartbeat_grace(),
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                    heartbeat_stale_trial_callback=RetryCopy(),
                 )
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             # Two processes opening a new database at the same moment both create its tables; the slower one

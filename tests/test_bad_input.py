@@ -121,7 +121,7 @@ CASES = [
          says=("postgres:***@127.0.0.1:1/test", "Connection refused", "check that the database server runs")),
     case("server-silent", "studies", "--storage", "{silent}", code=1,
          says=("cannot open storage", "timeout expired", "check that the database server runs")),
-    case("server-unreachable-worker", "worker", "--study-name", "synthetic", "--storage", UNREACHABLE, code=1,
+    case("server-unreachable-worker", "worker", "--study-name", "synthetic", "--storage", UNREACHABLE, code=4,
          says=("stayed unreachable for 1s", "Connection refused", "start the worker again")),
     # database files and study names that are not there
     *[

@@ -25,7 +25,7 @@ import lrsearch.fleet.worker
 import lrsearch.store.storage
 from conftest import write_study
 from lrsearch.cli import main
-from lrsearch.errors import ConfigError, StorageError
+from lrsearch.errors import ConfigError, StorageError, TrialsFailingError
 from lrsearch.fleet.worker import WORKER_ATTR, pick_device, run_worker, worker_id
 from lrsearch.store.retry import retry_transient
 from lrsearch.store.storage import open_storage
@@ -189,8 +189,8 @@ def test_a_trial_made_while_the_lock_was_lost_is_voided_beyond_the_budget(
 class _SignalledRunner:
     """Samples the trial like the real runner, then receives SIGTERM mid-trial."""
 
-    def __init__(self, definition: Any, *args: Any, worker: str = "", **kwargs: Any) -> None:
-        self.definition, self.worker = definition, worker
+    def __init__(self, definition: Any, objective: Any, data: Any, worker: str = "", **kwargs: Any) -> None:
+        self.definition, self.data, self.worker = definition, data, worker
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.definition.space.sample(trial, self.definition.epochs)
@@ -208,17 +208,67 @@ class _FailingRunner(_SignalledRunner):
         raise RuntimeError("boom")
 
 
-def test_a_trial_that_fails_records_why_and_which_worker_ran_it(
+class _EveryOtherFailingRunner(_SignalledRunner):
+    """Fails every trial whose number is odd, with an error whose message is far too long to store whole."""
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.definition.space.sample(trial, self.definition.epochs)
+        if trial.number % 2:
+            raise ValueError("bad batch " + "x" * 100_000)
+        return 0.5
+
+
+def test_a_trial_that_fails_records_why_and_the_worker_goes_on(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = make_study(tmp_path, sqlite_url, trials=2)
     monkeypatch.setattr(lrsearch.fleet.worker, "TrialRunner", _FailingRunner)
-    with pytest.raises(RuntimeError, match="boom"):
-        run_worker(sqlite_url, name)
+    seen: list[str] = []
+    assert run_worker(sqlite_url, name, on_trial=lambda trial, state: seen.append(trial.state.name)) == 2
+    assert seen == ["FAIL", "FAIL"]
     study, _ = load(open_storage(sqlite_url), name)
-    [failed] = study.trials
-    assert failed.state == TrialState.FAIL
-    assert failed.user_attrs == {"stop_reason": "failed: RuntimeError: boom", WORKER_ATTR: worker_id()}
+    for failed in study.trials:
+        assert failed.state == TrialState.FAIL
+        assert failed.user_attrs.keys() == {"stop_reason", "traceback", WORKER_ATTR}
+        assert failed.user_attrs["stop_reason"] == "failed: RuntimeError: boom"
+        assert failed.user_attrs[WORKER_ATTR] == worker_id()
+        trace = failed.user_attrs["traceback"]
+        assert trace.startswith("Traceback (most recent call last):") and 'raise RuntimeError("boom")' in trace
+    assert budget(study, 2) == Budget(finished=2, running=0, waiting=0, total=2)  # not retried: not a dead worker
+
+
+def test_failures_between_successes_let_the_study_finish(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=7)
+    monkeypatch.setattr(lrsearch.fleet.worker, "TrialRunner", _EveryOtherFailingRunner)
+    assert run_worker(sqlite_url, name) == 7
+    assert states(sqlite_url) == Counter(COMPLETE=4, FAIL=3)
+    study, _ = load(open_storage(sqlite_url), name)
+    failed = study.trials[1]
+    assert failed.user_attrs["stop_reason"].startswith("failed: ValueError: bad batch xxx")
+    assert len(failed.user_attrs["stop_reason"]) <= 500 and failed.user_attrs["stop_reason"].endswith("...")
+    assert len(failed.user_attrs["traceback"]) <= 8000
+    assert failed.user_attrs["traceback"].startswith("Traceback (most recent call last):")
+    assert "raise ValueError" in failed.user_attrs["traceback"]  # the raising line stays, the message is cut
+    assert (
+        "ValueError: bad batch xxx" in failed.user_attrs["traceback"]
+        and "x" * 2000 not in failed.user_attrs["traceback"]
+    )
+
+
+def test_a_worker_stops_after_three_failed_trials_in_a_row(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=10)
+    monkeypatch.setattr(lrsearch.fleet.worker, "TrialRunner", _FailingRunner)
+    with pytest.raises(TrialsFailingError) as stopped:
+        run_worker(sqlite_url, name)
+    message = str(stopped.value)
+    assert "3 trials in a row failed in this worker, the last (trial 2) with RuntimeError: boom" in message
+    assert "fix it, then `lrsearch start` resumes the study" in message
+    assert stopped.value.exit_code == 3
+    assert states(sqlite_url) == Counter(FAIL=3)  # nothing left running, nothing queued
 
 
 def test_sigterm_fails_the_running_trial_and_queues_it(
@@ -301,7 +351,7 @@ def test_worker_exits_with_a_message_when_the_database_stays_unreachable(
     monkeypatch.setenv("LRSEARCH_STORAGE_RETRY_SECONDS", "2")
     url = "postgresql+psycopg2://postgres@127.0.0.1:1/test"  # nothing listens on port 1
     result = CliRunner().invoke(main, ["worker", "--storage", url, "--study-name", "x"])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 4, result.output  # 4: the database stayed unreachable
     assert "stayed unreachable for 2s" in result.stderr and "Connection refused" in result.stderr
     assert "Traceback" not in result.output
 

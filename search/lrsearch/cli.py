@@ -31,7 +31,8 @@ def _errors_to_exit_codes(command: F) -> F:
         except ConfigError as e:
             raise click.UsageError(str(e)) from None
         except LRSearchError as e:
-            raise click.ClickException(str(e)) from None
+            click.ClickException(str(e)).show()
+            sys.exit(e.exit_code)  # 1; 3: trials kept failing; 4: database unreachable (see lrsearch.errors)
         except KeyboardInterrupt:
             click.echo("interrupted: the running trial is queued to run again; `lrsearch start` resumes", err=True)
             sys.exit(130)

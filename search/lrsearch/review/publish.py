@@ -8,7 +8,7 @@ Always, in the study database (so it reaches the dashboard from any host):
   short enough for the dashboard to show whole; it cuts the full `history` attribute at 1024 characters);
 - a trial note: the strategy, the result and the epoch table (Markdown);
 - the study note: what the objective value means and which trial is the best feasible one. optuna-dashboard
-  does not read Optuna 5 constraints, so its own "Best Trial" badge may sit on an infeasible trial.
+  picks its own "Best Trial" badge without the constraints, so the badge may sit on an infeasible trial.
 
 When an artifact folder is configured (see `artifact_dir`): `trial-N-history.csv`, and `trial-N-curves.png`
 for a complete trial, shown by the dashboard when it is started with the same folder (`lrsearch dashboard`
@@ -247,8 +247,9 @@ def study_note(study_name: str, definition: StudyDefinition, best: tuple[int, Ma
         "knows it is infeasible through constraints."
     )
     badge = (
-        "**optuna-dashboard does not read Optuna 5 constraints**: its *Best Trial* badge and the history "
-        "plot's best line may sit on an infeasible trial. Trust the line above, or sort the trial table by "
+        "**optuna-dashboard picks its *Best Trial* badge without the constraints**: it may sit on an "
+        "infeasible trial (`lrsearch dashboard` marks infeasible trials in the plots; a plain optuna-dashboard "
+        "shows every trial as feasible). Trust the line above, or sort the trial table by "
         f"the user attribute `{SCORE_ATTR}` (descending; 0 means infeasible or pruned)."
     )
     per_trial = (

@@ -62,3 +62,19 @@ class FailingSynthetic(Synthetic):
         if self.models % self.fail_every == 0:
             raise RuntimeError(f"synthetic bug in model {self.models}")
         return super().make_model()
+
+
+class GreedySynthetic(Synthetic):
+    """Synthetic whose first model takes all the memory of the CUDA device and fails with CUDA's out-of-memory
+    error, as a model too big for the GPU does; its later models are the usual small ones."""
+
+    def __init__(self, *, samples: int = 2000):
+        super().__init__(samples=samples)
+        self.models = 0
+
+    def make_model(self) -> nn.Module:
+        self.models += 1
+        held = []  # referenced by the error's traceback until the worker lets go of it
+        while self.models == 1:
+            held.append(torch.empty(1 << 30, dtype=torch.uint8, device="cuda"))
+        return super().make_model()

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy
+import torch
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
@@ -269,6 +270,18 @@ def test_a_worker_stops_after_three_failed_trials_in_a_row(
     assert "fix it, then `lrsearch start` resumes the study" in message
     assert stopped.value.exit_code == 3
     assert states(sqlite_url) == Counter(FAIL=3)  # nothing left running, nothing queued
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_out_of_memory_fails_the_trial_and_frees_the_device(tmp_path: Path, sqlite_url: str) -> None:
+    body = '[objective]\nname = "synthetic_objective:GreedySynthetic"\n\n' + NO_PRUNING
+    name = make_study(tmp_path, sqlite_url, trials=2, body=body)
+    reserved: list[int] = []
+    ran = run_worker(sqlite_url, name, device="cuda", on_trial=lambda *_: reserved.append(torch.cuda.memory_reserved()))
+    assert ran == 2 and states(sqlite_url) == Counter(FAIL=1, COMPLETE=1)
+    study, _ = load(open_storage(sqlite_url), name)
+    assert study.trials[0].user_attrs["stop_reason"].startswith("failed: OutOfMemoryError: CUDA out of memory")
+    assert reserved[0] < 2**30  # what the failed trial took went back to the device, not to torch's cache
 
 
 def test_sigterm_fails_the_running_trial_and_queues_it(

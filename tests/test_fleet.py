@@ -347,7 +347,9 @@ def test_workers_whose_trials_all_fail_stop_and_say_so(
         == 2
     ), err
     assert "RuntimeError: synthetic bug in model 3" in err and "`lrsearch start` resumes the study" in err
-    assert "run again by another worker" not in err and "Traceback" not in err
+    assert "run again by another worker" not in err
+    assert err.count("ERROR lrsearch.fleet.worker: the traceback of trial") == 2  # the user's code's traceback
+    assert err.count("Traceback (most recent call last):") == 2 and "in make_model" in err
     assert "the workers ended with 6/20 trials finished and 0 running" in err
 
 

@@ -258,6 +258,25 @@ def test_failures_between_successes_let_the_study_finish(
     )
 
 
+def test_a_deep_traceback_keeps_its_end() -> None:
+    def deep(n: int) -> None:
+        if n == 0:
+            raise RuntimeError("at the bottom")
+        if n % 2:  # two call sites: Python would print one frame repeated N times as one line
+            deep(n - 1)
+        else:
+            deep(n - 1)
+
+    try:
+        deep(300)
+    except RuntimeError as e:
+        text = lrsearch.fleet.worker._traceback_text(e)
+    assert len(text) <= lrsearch.fleet.worker.TRACEBACK_CHARS
+    assert text.startswith("Traceback (most recent call last):\n  ... (")
+    assert "entries left out)" in text
+    assert text.endswith('raise RuntimeError("at the bottom")\nRuntimeError: at the bottom\n')
+
+
 def test_a_worker_stops_after_three_failed_trials_in_a_row(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -267,7 +286,7 @@ def test_a_worker_stops_after_three_failed_trials_in_a_row(
         run_worker(sqlite_url, name)
     message = str(stopped.value)
     assert "3 trials in a row failed in this worker, the last (trial 2) with RuntimeError: boom" in message
-    assert "fix it, then `lrsearch start` resumes the study" in message
+    assert "Fix the cause (its traceback is above), then `lrsearch start` resumes the study" in message
     assert stopped.value.exit_code == 3
     assert states(sqlite_url) == Counter(FAIL=3)  # nothing left running, nothing queued
 

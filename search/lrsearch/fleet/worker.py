@@ -289,14 +289,22 @@ def _work(
         if frozen is not None:
             failed_in_a_row = failed_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
             if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                raise TrialsFailingError(
-                    f"{failed_in_a_row} trials in a row failed in this worker, the last (trial {frozen.number}) with "
-                    f"{frozen.user_attrs.get('stop_reason', 'failed').removeprefix('failed: ')}; the worker stops "
-                    "instead of failing every trial. Its traceback is the trial's user attribute `traceback` "
-                    "(lrsearch trials --json, or the dashboard): fix it, then `lrsearch start` resumes the study "
-                    "(failed trials count as finished; raise --trials to run more)"
-                )
+                _stop_failing(frozen, failed_in_a_row)
     return ran
+
+
+def _stop_failing(last: FrozenTrial, failures: int) -> None:
+    _logger.error(
+        "the traceback of trial %d (its user attribute `traceback`):\n%s",
+        last.number,
+        str(last.user_attrs.get("traceback", "")).rstrip(),
+    )
+    raise TrialsFailingError(
+        f"{failures} trials in a row failed in this worker, the last (trial {last.number}) with "
+        f"{last.user_attrs.get('stop_reason', 'failed').removeprefix('failed: ')}; the worker stops instead of "
+        "failing every trial. Fix the cause (its traceback is above), then `lrsearch start` resumes the study "
+        "(failed trials count as finished; raise --trials to run more)"
+    )
 
 
 def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None, threads: int | None) -> TrialRunner:

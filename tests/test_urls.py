@@ -50,7 +50,8 @@ def test_mask_url(url: str, shown: str) -> None:
 
 def test_a_raw_at_sign_in_the_password_is_refused() -> None:
     with pytest.raises(
-        ConfigError, match=r"'postgresql://u:\*\*\*@host/db': its password holds a raw '@'; write it as %40"
+        ConfigError,
+        match=r"'postgresql://u:\*\*\*@host/db': its user name or password holds a raw '@'; write it as %40 ",
     ):
         parse_url("postgresql://u:p@ss@host/db")
 

@@ -70,8 +70,8 @@ def parse_url(url: str) -> sqlalchemy.URL:
         raise ConfigError(f"storage URL '{mask_url(url)}': {problem}; use {URL_EXAMPLES}") from None
     if parsed.host is not None and "@" in parsed.host:
         raise ConfigError(
-            f"storage URL '{mask_url(url)}': its password holds a raw '@'; write it as %40 (percent-encode the "
-            "password's special characters: @ %40, : %3A, / %2F, % %25)"
+            f"storage URL '{mask_url(url)}': its user name or password holds a raw '@'; write it as %40 "
+            "(percent-encode their special characters: @ %40, : %3A, / %2F, % %25)"
         )
     return parsed
 

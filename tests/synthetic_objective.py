@@ -47,3 +47,34 @@ class SlowSynthetic(Synthetic):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         time.sleep(self.step_seconds)
         return super().loss(outputs, targets)
+
+
+class FailingSynthetic(Synthetic):
+    """Synthetic whose model cannot be made in every `fail_every`-th trial of a worker process (1: every trial),
+    as a user's objective with a bug fails: a RuntimeError raised in the objective's code."""
+
+    def __init__(self, *, samples: int = 2000, fail_every: int = 1):
+        super().__init__(samples=samples)
+        self.fail_every, self.models = fail_every, 0
+
+    def make_model(self) -> nn.Module:
+        self.models += 1
+        if self.models % self.fail_every == 0:
+            raise RuntimeError(f"synthetic bug in model {self.models}")
+        return super().make_model()
+
+
+class GreedySynthetic(Synthetic):
+    """Synthetic whose first model takes all the memory of the CUDA device and fails with CUDA's out-of-memory
+    error, as a model too big for the GPU does; its later models are the usual small ones."""
+
+    def __init__(self, *, samples: int = 2000):
+        super().__init__(samples=samples)
+        self.models = 0
+
+    def make_model(self) -> nn.Module:
+        self.models += 1
+        held = []  # referenced by the error's traceback until the worker lets go of it
+        while self.models == 1:
+            held.append(torch.empty(1 << 30, dtype=torch.uint8, device="cuda"))
+        return super().make_model()

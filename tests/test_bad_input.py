@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import lrsearch.fleet.supervisor
-import lrsearch.fleet.worker
 import lrsearch.store.storage
 from conftest import REPO, TESTS, write_study
 from lrsearch.cli import main
@@ -122,7 +121,7 @@ CASES = [
          says=("postgres:***@127.0.0.1:1/test", "Connection refused", "check that the database server runs")),
     case("server-silent", "studies", "--storage", "{silent}", code=1,
          says=("cannot open storage", "timeout expired", "check that the database server runs")),
-    case("server-unreachable-worker", "worker", "--study-name", "synthetic", "--storage", UNREACHABLE, code=1,
+    case("server-unreachable-worker", "worker", "--study-name", "synthetic", "--storage", UNREACHABLE, code=4,
          says=("stayed unreachable for 1s", "Connection refused", "start the worker again")),
     # database files and study names that are not there
     *[
@@ -204,7 +203,7 @@ def silent_server() -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _fast_and_safe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lrsearch.store.storage, "CONNECT_TIMEOUT", 1)  # psycopg2 waits at least 2 s
-    monkeypatch.setattr(lrsearch.fleet.worker, "STORAGE_RETRY_SECONDS", 1)
+    monkeypatch.setenv("LRSEARCH_STORAGE_RETRY_SECONDS", "1")
     monkeypatch.setattr(lrsearch.fleet.supervisor, "cuda_device_count", lambda: 0)
 
     def no_serving(*args: object, **kwargs: object) -> None:

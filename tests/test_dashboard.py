@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,14 @@ from chromium import assert_not_blank, chromium, keep, needs_chromium, wait_for
 from conftest import write_study
 from lrsearch.cli import main
 from lrsearch.errors import LRSearchError
+from lrsearch.review.dashboard import serving_constraints
 from lrsearch.review.publish import artifact_dir, default_artifact_dir, publish_trial
 from lrsearch.store.storage import open_storage
 from lrsearch.study.definition import parse_table
 from lrsearch.study.lifecycle import create_or_resume, load
 from lrsearch.study.record import SCORE_ATTR
 from lrsearch.study.runner import TrialRunner
+from lrsearch.train.objective import load_data, load_objective
 
 TRIALS = 8
 STUDY = """
@@ -239,6 +243,35 @@ def test_binding_beyond_localhost_warns_and_serves_the_artifacts(
     assert served["artifact_store"] is None and "artifacts: none" in err
 
 
+def test_optuna_5_would_count_constraints_twice_if_both_formats_were_stored() -> None:
+    """Why lrsearch does not also store optuna-dashboard's `constraints` list: Optuna 5 merges the list (keys 0, 1,
+    ...) with the `constraints:<key>` attributes, so every constraint would count twice, e.g. in TPE's infeasibility
+    score. The dashboard served by `lrsearch dashboard` is given the list instead (see serving_constraints)."""
+    from optuna.samplers._tpe.sampler import _get_infeasible_trial_score
+
+    per_key = {"constraints:val_acc_ge_min": 0.25, "constraints:train_acc_le_max": -0.5}
+    both = {**per_key, "constraints": [0.25, -0.5]}
+    one = create_trial(value=0.5, system_attrs=per_key)
+    two = create_trial(value=0.5, system_attrs=both)
+    assert one.constraints == {"val_acc_ge_min": 0.25, "train_acc_le_max": -0.5}
+    assert len(two.constraints) == 4
+    assert _get_infeasible_trial_score(two) == 2 * _get_infeasible_trial_score(one)
+
+
+def test_the_served_dashboard_reads_optuna_5_constraints() -> None:
+    from optuna_dashboard import _serializer
+
+    infeasible = create_trial(value=0.5, system_attrs={"constraints:a": 0.25, "constraints:b": -0.5})
+    legacy = create_trial(value=0.5, system_attrs={"constraints": [-0.1]})
+    unconstrained = create_trial(value=0.5)
+    assert _serializer.serialize_frozen_trial(1, infeasible, {})["constraints"] == []  # 0.21 alone: "feasible"
+    with serving_constraints():
+        assert _serializer.serialize_frozen_trial(1, infeasible, {})["constraints"] == [0.25, -0.5]
+        assert _serializer.serialize_frozen_trial(1, legacy, {})["constraints"] == [-0.1]
+        assert _serializer.serialize_frozen_trial(1, unconstrained, {})["constraints"] == []
+    assert _serializer.serialize_frozen_trial(1, infeasible, {})["constraints"] == []  # restored
+
+
 # --- the real thing: the server and headless Chromium -------------------------------------------------------
 
 
@@ -279,10 +312,26 @@ def dashboard_url(study_db: Path, subprocess_env: dict[str, str], tmp_path: Path
 @pytest.mark.browser
 @pytest.mark.slow
 @needs_chromium
+def _run_an_infeasible_trial(db: Path) -> None:
+    """One more trial of the study, run by lrsearch's own runner, under a val accuracy bound it cannot reach."""
+    study, definition = load(open_storage(url_of(db)), "review")
+    strict = dataclasses.replace(definition, targets=dataclasses.replace(definition.targets, min_val=0.999))
+    objective = load_objective(definition.objective, definition.objective_options)
+    data = load_data(objective, definition.objective, torch.device("cpu"), None)
+    study.pruner = optuna.pruners.NopPruner()  # it must complete
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        trial = study.ask()
+    study.tell(trial, TrialRunner(strict, objective, data)(trial))
+
+
 def test_chromium_shows_trials_curves_notes_and_artifacts(dashboard_url: str, study_db: Path, tmp_path: Path) -> None:
+    _run_an_infeasible_trial(study_db)
     study, _ = load(open_storage(url_of(study_db)), "review")
     best = study.best_trial.number  # the best feasible trial (Optuna 5)
     with_curves = sum(bool(t.intermediate_values) for t in study.trials)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    infeasible = {t.number for t in complete if any(v > 0 for v in t.constraints.values())}
     page = f"{dashboard_url}/dashboard/studies/{study._study_id}"
     with chromium(1400, 1600) as driver:
         driver.get(page)
@@ -292,6 +341,12 @@ def test_chromium_shows_trials_curves_notes_and_artifacts(dashboard_url: str, st
             f"return document.querySelectorAll('#graph-intermediate-values g.trace').length >= {with_curves}",
         )
         wait_for(driver, "return document.querySelectorAll('#plot-history path.point').length > 0")
+        # each complete trial's curve says whether it is feasible: "trial #N (infeasible)" for the infeasible ones
+        names = driver.execute_script(
+            "return document.querySelector('#graph-intermediate-values').data.map(trace => trace.name)"
+        )
+        marked = {int(name.split("#")[1].split()[0]) for name in names if name.endswith("(infeasible)")}
+        assert infeasible and marked == infeasible, names
         overview = tmp_path / "dashboard-study.png"
         driver.save_screenshot(str(overview))
         driver.execute_script("document.querySelector('#graph-intermediate-values').scrollIntoView()")

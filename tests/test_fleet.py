@@ -297,7 +297,8 @@ def test_kill_9_of_a_worker_reruns_its_trial(tmp_path: Path, sqlite_url: str, pr
     os.kill(pid, signal.SIGKILL)
     code, err = finish(process)
     assert code == 0, err
-    assert f"(pid {pid}) was killed by SIGKILL" in err
+    assert f"(pid {pid}) was killed by SIGKILL; the trial it was running, if any, is failed and run again by " in err
+    assert f"once its heartbeat is {GRACE}s old (at most 2 times)" in err
     trials = assert_exact(sqlite_url, total)
     # The trial its worker was running when killed (normally `victim`; a later one if it just moved on).
     [killed] = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs["worker"] == killed_worker]
@@ -306,6 +307,61 @@ def test_kill_9_of_a_worker_reruns_its_trial(tmp_path: Path, sqlite_url: str, pr
     assert rerun.user_attrs["seed"] == killed.user_attrs["seed"]
     assert rerun.params.items() >= killed.params.items()  # all it had sampled (all of them, mid-trial)
     assert count(trials)["FAIL"] == 1
+
+
+FAILING = '[objective]\nname = "synthetic_objective:FailingSynthetic"\nfail_every = {every}\n'
+
+
+@pytest.mark.slow
+def test_trials_that_raise_fail_and_the_workers_go_on(
+    tmp_path: Path, sqlite_url: str, process_env: dict[str, str]
+) -> None:
+    total = 8
+    study = write_study(tmp_path, FAILING.format(every=2), trials=total, epochs=2)  # every 2nd trial of a worker
+    code, err = finish(lrsearch_process(process_env, "start", str(study), "--storage", sqlite_url, "--workers", "2"))
+    assert code == 0, err
+    trials = assert_exact(sqlite_url, total)  # the failed trials count as finished: nothing was rerun
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and not any("failed_trial" in t.system_attrs for t in trials)
+    for trial in failed:
+        assert trial.user_attrs["stop_reason"].startswith("failed: RuntimeError: synthetic bug in model ")
+        assert "in make_model" in trial.user_attrs["traceback"]
+    assert "Traceback" not in err and "run again" not in err and "exited with code" not in err
+
+
+@pytest.mark.slow
+def test_workers_whose_trials_all_fail_stop_and_say_so(
+    tmp_path: Path, sqlite_url: str, process_env: dict[str, str]
+) -> None:
+    study = write_study(tmp_path, FAILING.format(every=1), trials=20, epochs=2)
+    code, err = finish(lrsearch_process(process_env, "start", str(study), "--storage", sqlite_url, "--workers", "2"))
+    assert code == 1, err
+    trials = read_trials(sqlite_url)
+    assert count(trials) == Counter(FAIL=6, finished=6)  # 3 per worker; none running, none queued
+    assert err.count("3 trials in a row failed in this worker") == 2, err
+    assert (
+        err.count(
+            "stopped: its trials failed again and again (see its error above); its failed trials count "
+            "as finished and are not run again"
+        )
+        == 2
+    ), err
+    assert "RuntimeError: synthetic bug in model 3" in err and "`lrsearch start` resumes the study" in err
+    assert "run again by another worker" not in err
+    assert err.count("ERROR lrsearch.fleet.worker: the traceback of trial") == 2  # the user's code's traceback
+    assert err.count("Traceback (most recent call last):") == 2 and "in make_model" in err
+    assert "the workers ended with 6/20 trials finished and 0 running" in err
+
+
+@pytest.mark.slow
+def test_a_single_worker_whose_trials_all_fail_exits_3(
+    tmp_path: Path, sqlite_url: str, process_env: dict[str, str]
+) -> None:
+    study = write_study(tmp_path, FAILING.format(every=1), trials=20, epochs=2)
+    code, err = finish(lrsearch_process(process_env, "start", str(study), "--storage", sqlite_url, "--workers", "1"))
+    assert code == 3, err
+    assert "Error: 3 trials in a row failed in this worker, the last (trial 2) with RuntimeError" in err
+    assert count(read_trials(sqlite_url)) == Counter(FAIL=3, finished=3)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import sys
 import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from lrsearch.errors import ConfigError
 from lrsearch.review.progress import Progress, duration
 from lrsearch.study.lifecycle import Budget
 
@@ -79,7 +80,8 @@ def test_the_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("LRSEARCH_PROGRESS_INTERVAL", "7.5")
     assert Progress(3, out=io.StringIO()).interval == 7.5
     monkeypatch.setenv("LRSEARCH_PROGRESS_INTERVAL", "soon")
-    assert Progress(3, out=io.StringIO()).interval == 30.0
+    with pytest.raises(ConfigError, match="LRSEARCH_PROGRESS_INTERVAL='soon'"):
+        Progress(3, out=io.StringIO())
 
 
 def test_a_terminal_gets_a_bar_redrawn_below_the_trial_lines(monkeypatch: pytest.MonkeyPatch) -> None:

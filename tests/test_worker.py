@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy
+import torch
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
@@ -25,7 +26,7 @@ import lrsearch.fleet.worker
 import lrsearch.store.storage
 from conftest import write_study
 from lrsearch.cli import main
-from lrsearch.errors import ConfigError, StorageError
+from lrsearch.errors import ConfigError, StorageError, TrialsFailingError
 from lrsearch.fleet.worker import WORKER_ATTR, pick_device, run_worker, worker_id
 from lrsearch.store.retry import retry_transient
 from lrsearch.store.storage import open_storage
@@ -149,10 +150,10 @@ def test_a_dead_workers_trial_is_run_again_with_its_params_and_seed(
 def test_a_trial_that_never_had_a_heartbeat_is_voided(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lrsearch.fleet.worker, "HEARTBEAT_GRACE", 0)
+    monkeypatch.setenv("LRSEARCH_HEARTBEAT_GRACE", "1")
     name = make_study(tmp_path, sqlite_url, trials=2)
     orphan = _ask_with_params(sqlite_url, name, seed=None)  # its worker died before the first heartbeat
-    time.sleep(0.05)
+    time.sleep(1.05)  # older than the grace period
     assert run_worker(sqlite_url, name) == 2
     study, _ = load(open_storage(sqlite_url), name)
     voided = study.trials[orphan.number]
@@ -189,8 +190,8 @@ def test_a_trial_made_while_the_lock_was_lost_is_voided_beyond_the_budget(
 class _SignalledRunner:
     """Samples the trial like the real runner, then receives SIGTERM mid-trial."""
 
-    def __init__(self, definition: Any, *args: Any, worker: str = "", **kwargs: Any) -> None:
-        self.definition, self.worker = definition, worker
+    def __init__(self, definition: Any, objective: Any, data: Any, worker: str = "", **kwargs: Any) -> None:
+        self.definition, self.data, self.worker = definition, data, worker
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.definition.space.sample(trial, self.definition.epochs)
@@ -208,17 +209,98 @@ class _FailingRunner(_SignalledRunner):
         raise RuntimeError("boom")
 
 
-def test_a_trial_that_fails_records_why_and_which_worker_ran_it(
+class _EveryOtherFailingRunner(_SignalledRunner):
+    """Fails every trial whose number is odd, with an error whose message is far too long to store whole."""
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.definition.space.sample(trial, self.definition.epochs)
+        if trial.number % 2:
+            raise ValueError("bad batch " + "x" * 100_000)
+        return 0.5
+
+
+def test_a_trial_that_fails_records_why_and_the_worker_goes_on(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = make_study(tmp_path, sqlite_url, trials=2)
     monkeypatch.setattr(lrsearch.fleet.worker, "TrialRunner", _FailingRunner)
-    with pytest.raises(RuntimeError, match="boom"):
-        run_worker(sqlite_url, name)
+    seen: list[str] = []
+    assert run_worker(sqlite_url, name, on_trial=lambda trial, state: seen.append(trial.state.name)) == 2
+    assert seen == ["FAIL", "FAIL"]
     study, _ = load(open_storage(sqlite_url), name)
-    [failed] = study.trials
-    assert failed.state == TrialState.FAIL
-    assert failed.user_attrs == {"stop_reason": "failed: RuntimeError: boom", WORKER_ATTR: worker_id()}
+    for failed in study.trials:
+        assert failed.state == TrialState.FAIL
+        assert failed.user_attrs.keys() == {"stop_reason", "traceback", WORKER_ATTR}
+        assert failed.user_attrs["stop_reason"] == "failed: RuntimeError: boom"
+        assert failed.user_attrs[WORKER_ATTR] == worker_id()
+        trace = failed.user_attrs["traceback"]
+        assert trace.startswith("Traceback (most recent call last):") and 'raise RuntimeError("boom")' in trace
+    assert budget(study, 2) == Budget(finished=2, running=0, waiting=0, total=2)  # not retried: not a dead worker
+
+
+def test_failures_between_successes_let_the_study_finish(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=7)
+    monkeypatch.setattr(lrsearch.fleet.worker, "TrialRunner", _EveryOtherFailingRunner)
+    assert run_worker(sqlite_url, name) == 7
+    assert states(sqlite_url) == Counter(COMPLETE=4, FAIL=3)
+    study, _ = load(open_storage(sqlite_url), name)
+    failed = study.trials[1]
+    assert failed.user_attrs["stop_reason"].startswith("failed: ValueError: bad batch xxx")
+    assert len(failed.user_attrs["stop_reason"]) <= 500 and failed.user_attrs["stop_reason"].endswith("...")
+    assert len(failed.user_attrs["traceback"]) <= 8000
+    assert failed.user_attrs["traceback"].startswith("Traceback (most recent call last):")
+    assert "raise ValueError" in failed.user_attrs["traceback"]  # the raising line stays, the message is cut
+    assert (
+        "ValueError: bad batch xxx" in failed.user_attrs["traceback"]
+        and "x" * 2000 not in failed.user_attrs["traceback"]
+    )
+
+
+def test_a_deep_traceback_keeps_its_end() -> None:
+    def deep(n: int) -> None:
+        if n == 0:
+            raise RuntimeError("at the bottom")
+        if n % 2:  # two call sites: Python would print one frame repeated N times as one line
+            deep(n - 1)
+        else:
+            deep(n - 1)
+
+    try:
+        deep(300)
+    except RuntimeError as e:
+        text = lrsearch.fleet.worker._traceback_text(e)
+    assert len(text) <= lrsearch.fleet.worker.TRACEBACK_CHARS
+    assert text.startswith("Traceback (most recent call last):\n  ... (")
+    assert "entries left out)" in text
+    assert text.endswith('raise RuntimeError("at the bottom")\nRuntimeError: at the bottom\n')
+
+
+def test_a_worker_stops_after_three_failed_trials_in_a_row(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=10)
+    monkeypatch.setattr(lrsearch.fleet.worker, "TrialRunner", _FailingRunner)
+    with pytest.raises(TrialsFailingError) as stopped:
+        run_worker(sqlite_url, name)
+    message = str(stopped.value)
+    assert "3 trials in a row failed in this worker, the last (trial 2) with RuntimeError: boom" in message
+    assert "Fix the cause (its traceback is above), then `lrsearch start` resumes the study" in message
+    assert stopped.value.exit_code == 3
+    assert states(sqlite_url) == Counter(FAIL=3)  # nothing left running, nothing queued
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_out_of_memory_fails_the_trial_and_frees_the_device(tmp_path: Path, sqlite_url: str) -> None:
+    body = '[objective]\nname = "synthetic_objective:GreedySynthetic"\n\n' + NO_PRUNING
+    name = make_study(tmp_path, sqlite_url, trials=2, body=body)
+    reserved: list[int] = []
+    ran = run_worker(sqlite_url, name, device="cuda", on_trial=lambda *_: reserved.append(torch.cuda.memory_reserved()))
+    assert ran == 2 and states(sqlite_url) == Counter(FAIL=1, COMPLETE=1)
+    study, _ = load(open_storage(sqlite_url), name)
+    assert study.trials[0].user_attrs["stop_reason"].startswith("failed: OutOfMemoryError: CUDA out of memory")
+    assert reserved[0] < 2**30  # what the failed trial took went back to the device, not to torch's cache
 
 
 def test_sigterm_fails_the_running_trial_and_queues_it(
@@ -298,10 +380,10 @@ def test_retry_gives_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) ->
 def test_worker_exits_with_a_message_when_the_database_stays_unreachable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(lrsearch.fleet.worker, "STORAGE_RETRY_SECONDS", 2)
+    monkeypatch.setenv("LRSEARCH_STORAGE_RETRY_SECONDS", "2")
     url = "postgresql+psycopg2://postgres@127.0.0.1:1/test"  # nothing listens on port 1
     result = CliRunner().invoke(main, ["worker", "--storage", url, "--study-name", "x"])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 4, result.output  # 4: the database stayed unreachable
     assert "stayed unreachable for 2s" in result.stderr and "Connection refused" in result.stderr
     assert "Traceback" not in result.output
 
@@ -329,3 +411,53 @@ def test_two_processes_creating_a_new_database_at_once(sqlite_url: str, monkeypa
 
     monkeypatch.setattr(lrsearch.store.storage, "_retrying_storage_class", lambda: slower_process)
     assert open_storage(sqlite_url).get_all_studies() == [] and len(calls) == 2
+
+
+def test_a_retry_keeps_only_the_seed_of_the_dead_attempt(tmp_path: Path, sqlite_url: str) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=2)
+    dead = _ask_with_params(sqlite_url, name, seed=4242)
+    storage = open_storage(sqlite_url)
+    # What the dead attempt had written by the time its worker died: results of its own epochs.
+    for key, value in {"history": [{"epoch": e} for e in range(1, 6)], "stop_reason": "x", "feasible": True}.items():
+        storage.set_trial_user_attr(dead._trial_id, key, value)
+    storage.set_trial_system_attr(dead._trial_id, "constraints:min_val_acc", -0.5)
+    storage.record_heartbeat(dead._trial_id)
+    _age_heartbeat(sqlite_url, dead._trial_id)
+
+    study, _ = load(open_storage(sqlite_url), name)
+    lrsearch.fleet.worker.reap(study)
+    [waiting] = copies_of(study, dead.number)
+    assert waiting.state == TrialState.WAITING and waiting.params == dead.params
+    assert waiting.user_attrs == {"seed": 4242}
+    assert waiting.system_attrs == {"failed_trial": dead.number, "retry_history": [dead.number]}
+    assert waiting.intermediate_values == {}
+
+    assert run_worker(sqlite_url, name) == 2
+    study, _ = load(open_storage(sqlite_url), name)
+    [rerun] = copies_of(study, dead.number)
+    assert rerun.state == TrialState.COMPLETE and rerun.user_attrs["seed"] == 4242
+    assert [row["epoch"] for row in rerun.user_attrs["history"]] == [1, 2]  # its own epochs only
+
+
+def test_interruptions_do_not_use_up_the_retries_of_a_dead_worker(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = make_study(tmp_path, sqlite_url, trials=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(lrsearch.fleet.worker, "TrialRunner", _SignalledRunner)
+        for _ in range(2):  # Ctrl-C twice while the same trial runs
+            with pytest.raises(KeyboardInterrupt):
+                run_worker(sqlite_url, name)
+    study, _ = load(open_storage(sqlite_url), name)
+    assert states(sqlite_url) == Counter(FAIL=2, WAITING=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        third = study.ask()  # the queued copy, taken by a worker that then dies
+    open_storage(sqlite_url).record_heartbeat(third._trial_id)
+    _age_heartbeat(sqlite_url, third._trial_id)
+
+    assert run_worker(sqlite_url, name) == 1
+    study, _ = load(open_storage(sqlite_url), name)
+    [rerun] = [t for t in study.trials if t.system_attrs.get("retry_history") == [0, 1, 2]]
+    assert rerun.state == TrialState.COMPLETE and rerun.user_attrs["seed"] == 77
+    assert finished(sqlite_url) == 1

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from lrsearch import settings
 from lrsearch.errors import ConfigError, LRSearchError
 from lrsearch.store.urls import DEFAULT_STORAGE, mask_url
 from lrsearch.study.definition import PRUNERS, SAMPLERS, StudyDefinition
@@ -31,7 +32,8 @@ def _errors_to_exit_codes(command: F) -> F:
         except ConfigError as e:
             raise click.UsageError(str(e)) from None
         except LRSearchError as e:
-            raise click.ClickException(str(e)) from None
+            click.ClickException(str(e)).show()
+            sys.exit(e.exit_code)  # 1; 3: trials kept failing; 4: database unreachable (see lrsearch.errors)
         except KeyboardInterrupt:
             click.echo("interrupted: the running trial is queued to run again; `lrsearch start` resumes", err=True)
             sys.exit(130)
@@ -150,6 +152,7 @@ def start(
     from lrsearch.store.storage import open_storage
     from lrsearch.study.lifecycle import budget, create_or_resume
 
+    settings.check_all()
     layout = (workers, gpus, per_gpu, device)
     plan_workers(*layout, remaining=sys.maxsize)  # a bad layout is refused before the database is touched
     if gpus is None:
@@ -290,6 +293,7 @@ def create(study_file: Path | None, storage: str, **overrides: Any) -> None:
     from lrsearch.store.storage import open_storage
     from lrsearch.study.lifecycle import budget, create_or_resume
 
+    settings.check_all()
     plan = _resolve(storage, study_file, overrides)
     study = create_or_resume(plan.db or open_storage(storage), plan.definition)
     state, name = budget(study, plan.definition.trials), study.study_name
@@ -308,8 +312,7 @@ def create(study_file: Path | None, storage: str, **overrides: Any) -> None:
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    envvar="LRSEARCH_TORCH_THREADS",
-    help="torch CPU threads of this worker (env LRSEARCH_TORCH_THREADS)",
+    help="torch CPU threads of this worker (default: env LRSEARCH_TORCH_THREADS, else torch's own choice)",
 )
 @click.option("--quiet", is_flag=True, help="No line per trial (the workers of `start` run quiet).")
 @_errors_to_exit_codes
@@ -327,6 +330,7 @@ def worker(
     from lrsearch.store.urls import require_database
     from lrsearch.study.lifecycle import budget, load, stored_total
 
+    settings.check_all()
     require_database(storage)  # a SQLite file must be there; a PostgreSQL server still starting is waited for
     pick_device(device)
     name = study_name or _study_name(open_storage(storage), None)

@@ -23,9 +23,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from lrsearch.errors import ConfigError, LRSearchError
+from lrsearch import settings
+from lrsearch.errors import ConfigError, DatabaseUnreachableError, LRSearchError, TrialsFailingError
 from lrsearch.fleet.threads import auto_workers, thread_env, threads_per_worker, usable_cores
-from lrsearch.store.storage import HEARTBEAT_GRACE, STORAGE_RETRY_SECONDS
+from lrsearch.store.trial_retry import MAX_RETRY
 from lrsearch.store.urls import mask_url
 
 if TYPE_CHECKING:
@@ -261,7 +262,7 @@ def run_fleet(
     from lrsearch.store.storage import open_storage
     from lrsearch.study.lifecycle import load
 
-    study = load(open_storage(storage_url, retry_seconds=STORAGE_RETRY_SECONDS), study_name)[0]
+    study = load(open_storage(storage_url, retry_seconds=settings.storage_retry_seconds()), study_name)[0]
     watcher = _Watcher(study, on_trial)
     if len(specs) > 1:
         prepare_data(storage_url, study_name, data_dir)
@@ -317,10 +318,7 @@ def _supervise(
             if code is not None and index not in codes:
                 codes[index] = code
                 if code != 0 and not stop.is_set():
-                    echo(
-                        f"{specs[index].describe()} (pid {process.pid}) {_exit(code)}; a trial it was "
-                        f"running is run again by another worker once its heartbeat is {HEARTBEAT_GRACE}s old"
-                    )
+                    echo(f"{specs[index].describe()} (pid {process.pid}) {_exit(code)}; {_aftermath(code)}")
         _poll_quietly(watcher)
         if stop_deadline is not None and time.monotonic() > stop_deadline:
             _kill(processes, echo)
@@ -346,9 +344,32 @@ def _kill(processes: list[subprocess.Popen[bytes]], echo: Callable[[str], None])
 
 
 def _exit(code: int) -> str:
+    """What a worker's exit status says happened (the codes of lrsearch.errors, 130 for a signal it caught)."""
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
+    return {
+        TrialsFailingError.exit_code: "stopped: its trials failed again and again (see its error above)",
+        DatabaseUnreachableError.exit_code: "stopped: the study database stayed unreachable (see its error above)",
+        130: "was stopped by a signal",
+        2: "refused its settings (see its error above)",
+    }.get(code, f"exited with code {code} (see its error above)")
+
+
+def _aftermath(code: int) -> str:
+    """What becomes of the trial a worker was running when it ended with `code`."""
+    rerun = (
+        f"is failed and run again by another worker once its heartbeat is {settings.heartbeat_grace()}s old (at "
+        f"most {MAX_RETRY} times)"
+    )
+    if code == TrialsFailingError.exit_code:
+        return "its failed trials count as finished and are not run again; no trial of it is left running"
+    if code == 130:
+        return "its running trial was failed and queued to run again"
+    if code == 2:
+        return "it ran no trial"
+    if code == DatabaseUnreachableError.exit_code:
+        return f"the trial it was running, if any, {rerun}, when the other workers reach the database"
+    return f"the trial it was running, if any, {rerun}"
 
 
 def start_banner(storage_url: str, study_name: str, total: int, specs: Sequence[WorkerSpec]) -> str:

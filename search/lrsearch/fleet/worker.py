@@ -8,7 +8,14 @@ A worker sends heartbeats while it runs a trial; a trial whose worker died (no h
 is failed by the next worker that looks, and queued again with the same parameters and seed. SIGINT and
 SIGTERM stop a worker cleanly: its running trial is failed and queued again, so no trial stays RUNNING. A
 storage error (lock timeout, dropped connection) is retried with backoff (see lrsearch.store.storage); a database
-that stays unreachable ends the worker with a StorageError.
+that stays unreachable ends the worker with a DatabaseUnreachableError.
+
+An exception raised in a trial (the objective's code, a CUDA out-of-memory error) fails that trial only: its
+stop_reason is "failed: <type>: <message>", its user attribute `traceback` holds the traceback (trimmed), it counts
+as finished in the budget and is not run again (its worker is alive: a rerun would fail the same way). The worker
+frees the CUDA cache and goes on with the next trial. After MAX_FAILURES_IN_A_ROW failed trials in a row of its
+own, a worker stops with a TrialsFailingError naming the last error, rather than spend the budget on trials that
+all fail the same way; once the cause is fixed, `lrsearch start` resumes the study.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import gc
 import hashlib
 import logging
 import os
 import signal
 import socket
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -33,12 +42,14 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from lrsearch.errors import ConfigError, StorageError
+from lrsearch import settings
+from lrsearch.errors import ConfigError, StorageError, TrialsFailingError
 from lrsearch.fleet.threads import set_torch_threads
 from lrsearch.review.publish import publish_trial
 from lrsearch.store.batching import shared_reads, write_trial
 from lrsearch.store.retry import retry_transient
-from lrsearch.store.storage import HEARTBEAT_GRACE, STORAGE_RETRY_SECONDS, open_storage, retry_seconds_of
+from lrsearch.store.storage import open_storage, retry_seconds_of
+from lrsearch.store.trial_retry import RetryCopy
 from lrsearch.store.urls import sqlite_file
 from lrsearch.study.lifecycle import VOID_ATTR, Budget, budget, load, stored_total
 from lrsearch.study.runner import WORKER_ATTR, TrialRunner
@@ -51,7 +62,8 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 POLL_SECONDS = 2.0  # how often an idle worker looks for retries while other workers finish
-THREADS_ENV = "LRSEARCH_TORCH_THREADS"  # torch threads of a worker (`start` sets it for its workers)
+MAX_FAILURES_IN_A_ROW = 3
+REASON_CHARS, TRACEBACK_CHARS = 500, 8000  # what a failed trial's stop_reason and traceback keep at most
 
 TrialCallback = Callable[[FrozenTrial, Budget], None]
 
@@ -240,7 +252,7 @@ def run_worker(
     """
     stopper = Stopper()
     with stopper.installed():
-        storage = open_storage(storage_url, retry_seconds=STORAGE_RETRY_SECONDS)
+        storage = open_storage(storage_url, retry_seconds=settings.storage_retry_seconds())
         study, definition = load(storage, study_name)
         with stopper.interruptible():
             runner = _make_runner(definition, device, data_dir, threads)
@@ -257,7 +269,7 @@ def _work(
     stopper: Stopper,
     on_trial: TrialCallback | None,
 ) -> int:
-    ran = 0
+    ran = failed_in_a_row = 0
     while stopper.requested is None:
         try:
             trial, state = _claim(study, storage, stopper)
@@ -274,13 +286,30 @@ def _work(
         ran += 1
         if frozen is not None and on_trial is not None:
             on_trial(frozen, budget(study, state.total))
+        if frozen is not None:
+            failed_in_a_row = failed_in_a_row + 1 if frozen.state == TrialState.FAIL else 0
+            if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                _stop_failing(frozen, failed_in_a_row)
     return ran
 
 
-def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None, threads: int | None) -> TrialRunner:
+def _stop_failing(last: FrozenTrial, failures: int) -> None:
+    _logger.error(
+        "the traceback of trial %d (its user attribute `traceback`):\n%s",
+        last.number,
+        str(last.user_attrs.get("traceback", "")).rstrip(),
+    )
+    raise TrialsFailingError(
+        f"{failures} trials in a row failed in this worker, the last (trial {last.number}) with "
+        f"{last.user_attrs.get('stop_reason', 'failed').removeprefix('failed: ')}; the worker stops instead of "
+        "failing every trial. Fix the cause (its traceback is above), then `lrsearch start` resumes the study "
+        "(failed trials count as finished; raise --trials to run more)"
+    )
 
-    threads = threads or int(os.environ.get(THREADS_ENV, "0") or 0)
-    if threads > 0:
+
+def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None, threads: int | None) -> TrialRunner:
+    threads = threads or settings.torch_threads()  # `start` sets LRSEARCH_TORCH_THREADS for its workers
+    if threads:
         set_torch_threads(threads)  # `start` divides the cores among its workers
     objective = load_objective(definition.objective, definition.objective_options)
     data = load_data(objective, definition.objective, pick_device(device), data_dir)
@@ -365,7 +394,7 @@ def _orphans(study: optuna.Study) -> list[int]:
         .where(trials.c.study_id == study._study_id, trials.c.state == TrialState.RUNNING)
         .where(
             beats.c.trial_id.is_(None),
-            trials.c.datetime_start < datetime.now() - timedelta(seconds=HEARTBEAT_GRACE),
+            trials.c.datetime_start < datetime.now() - timedelta(seconds=settings.heartbeat_grace()),
         )
     )
 
@@ -377,8 +406,11 @@ def _orphans(study: optuna.Study) -> list[int]:
     return retry_transient(read, "looking for orphaned trials", retry) if retry else read()
 
 
-def _fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, *, retry: int | None) -> None:
-    """Fail a RUNNING trial and queue a copy (same parameters, same seed); nothing if it already finished."""
+def _fail_and_requeue(
+    study: optuna.Study, trial_id: int, reason: str, *, retry: int | None, interrupted: bool = False
+) -> None:
+    """Fail a RUNNING trial and queue a copy (same parameters, same seed, see lrsearch.store.trial_retry) unless it
+    was retried `retry` times already; nothing if it already finished. An `interrupted` trial is always queued."""
     storage = study._storage
     try:
         storage.set_trial_user_attr(trial_id, "stop_reason", reason)
@@ -386,10 +418,7 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, reason: str, *, retry:
             return
     except UpdateFinishedTrialError:
         return  # another worker reaped it first and queued its retry
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry)
-    callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    RetryCopy(retry, interrupted=interrupted)(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
 def _run_one(
@@ -409,7 +438,7 @@ def _run_one(
         except KeyboardInterrupt as e:
             with budget_lock(storage, study.study_name):  # the FAIL and its queued copy appear together
                 reason = f"interrupted ({e or 'SIGINT'}); queued to run again"
-                _fail_and_requeue(study, trial._trial_id, reason, retry=None)
+                _fail_and_requeue(study, trial._trial_id, reason, retry=None, interrupted=True)
             raise
         except UpdateFinishedTrialError:
             _taken_over(trial)
@@ -417,12 +446,47 @@ def _run_one(
         except StorageError:
             raise  # the database is gone; once it is back, other workers rerun this trial
         except Exception as e:
-            failed = {"stop_reason": f"failed: {type(e).__name__}: {e}", WORKER_ATTR: runner.worker}
-            with contextlib.suppress(UpdateFinishedTrialError):  # worker too: it may have failed while sampling
-                write_trial(trial, user_attrs=failed)
-            _tell(study, trial, None, TrialState.FAIL)
-            raise
-    return _tell(study, trial, value, None)
+            failed = _record_failure(study, trial, runner.worker, e)
+        else:
+            return _tell(study, trial, value, None)
+    _free_device_memory(runner)
+    return failed
+
+
+def _record_failure(study: optuna.Study, trial: optuna.Trial, worker: str, error: Exception) -> FrozenTrial | None:
+    """Fail the trial with the error as its stop_reason and its traceback (both trimmed) as user attributes."""
+    reason = _trimmed(f"failed: {type(error).__name__}: {error}", REASON_CHARS)
+    failed = {"stop_reason": reason, "traceback": _traceback_text(error), WORKER_ATTR: worker}
+    with contextlib.suppress(UpdateFinishedTrialError):  # worker too: it may have failed while sampling
+        write_trial(trial, user_attrs=failed)
+    _logger.warning("trial %d %s", trial.number, reason)
+    return _tell(study, trial, None, TrialState.FAIL)
+
+
+def _trimmed(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _traceback_text(error: BaseException) -> str:
+    """The traceback as Python prints it, each entry cut to 1000 characters, the earliest frames left out
+    beyond TRACEBACK_CHARS (the frame that raised and the error are at the end)."""
+    entries = [_trimmed(entry.rstrip("\n"), 1000) + "\n" for entry in traceback.format_exception(error)]
+    head, kept, size = entries[0], list[str](), len(entries[0]) + 40
+    for entry in reversed(entries[1:]):
+        if size + len(entry) > TRACEBACK_CHARS:
+            return head + f"  ... ({len(entries) - 1 - len(kept)} entries left out)\n" + "".join(reversed(kept))
+        kept.append(entry)
+        size += len(entry)
+    return "".join(entries)
+
+
+def _free_device_memory(runner: TrialRunner) -> None:
+    """After a failed trial on a GPU (often out of memory): its tensors freed, the CUDA cache emptied."""
+    if runner.data.train_inputs.device.type == "cuda":
+        import torch
+
+        gc.collect()  # the failed trial's tensors may sit in reference cycles through its traceback
+        torch.cuda.empty_cache()
 
 
 def _tell(
@@ -443,7 +507,7 @@ def _taken_over(trial: optuna.Trial) -> None:
         "trial %d was failed by another worker while this one ran it (no heartbeat for %ss: was the database "
         "unreachable?); its copy runs again, this result is dropped",
         trial.number,
-        HEARTBEAT_GRACE,
+        settings.heartbeat_grace(),
     )
 
 

@@ -3,16 +3,23 @@
 optuna-dashboard has routes that change and delete studies and no authentication, so it binds 127.0.0.1 unless
 told otherwise, and warns on stderr when it is. Before serving, the study notes are rewritten from the stored
 trials, so the note naming the best feasible trial is right even if two workers finished trials at once.
+
+optuna-dashboard 0.21 reads a trial's feasibility only from the system attribute `constraints`, a list (the format
+before Optuna 5), and so showed every lrsearch trial as feasible. Storing that list beside Optuna 5's
+`constraints:<key>` attributes is not an option: Optuna 5 reads both formats, under different keys, and would count
+every constraint twice (TPE's infeasibility score, for one). So the dashboard served here is given the list when it
+serializes a trial (`serving_constraints`); its plots then mark infeasible trials.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import LRSearchError
 from lrsearch.review.publish import artifact_dir, refresh_study_note
@@ -22,6 +29,7 @@ from lrsearch.store.urls import mask_url
 if TYPE_CHECKING:
     import optuna
     from optuna.artifacts import FileSystemArtifactStore
+    from optuna.trial import FrozenTrial
 
 _logger = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -58,7 +66,29 @@ def serve(
     for name, study_id in refresh_notes(storage, echo):
         echo(f"  study '{name}': http://{_url_host(host)}:{port}/dashboard/studies/{study_id}")
     echo(f"open http://{_url_host(host)}:{port}/dashboard (Ctrl-C stops)")
-    run_server(storage, host=host, port=port, artifact_store=store)
+    with serving_constraints():
+        run_server(storage, host=host, port=port, artifact_store=store)
+
+
+@contextlib.contextmanager
+def serving_constraints() -> Iterator[None]:
+    """Inside: optuna-dashboard serializes each trial with its constraint values (Optuna 5's, in the order Optuna
+    reads them) as the `constraints` list its pages read, unless the trial has that list already."""
+    from optuna_dashboard import _serializer
+
+    original = _serializer.serialize_frozen_trial
+
+    def serialize(study_id: int, trial: FrozenTrial, study_system_attrs: dict[str, Any]) -> dict[str, Any]:
+        serialized: dict[str, Any] = original(study_id, trial, study_system_attrs)
+        if not serialized.get("constraints") and trial.constraints:
+            serialized["constraints"] = list(trial.constraints.values())
+        return serialized
+
+    _serializer.serialize_frozen_trial = serialize
+    try:
+        yield
+    finally:
+        _serializer.serialize_frozen_trial = original
 
 
 def _url_host(host: str) -> str:

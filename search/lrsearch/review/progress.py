@@ -7,7 +7,6 @@ seconds (30 by default; 0 prints every trial), plus every failure, new best feas
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -17,20 +16,12 @@ from typing import TextIO
 
 from optuna.trial import FrozenTrial
 
+from lrsearch import settings
 from lrsearch.study.lifecycle import Budget
 from lrsearch.study.record import TrialRecord
 
-INTERVAL_ENV = "LRSEARCH_PROGRESS_INTERVAL"
-DEFAULT_INTERVAL = 30.0
 BAR_WIDTH = 24
 _CLEAR = "\r\x1b[K"  # back to the line start, erase to its end
-
-
-def _default_interval() -> float:
-    try:
-        return max(0.0, float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL)))
-    except ValueError:
-        return DEFAULT_INTERVAL
 
 
 def _stderr() -> TextIO:
@@ -54,7 +45,7 @@ class Progress:
     out: TextIO = field(default_factory=_stderr)
     interactive: bool | None = None  # None: a progress bar when `out` is a terminal
     # seconds between log lines when not interactive
-    interval: float = field(default_factory=_default_interval)
+    interval: float = field(default_factory=settings.progress_interval)
     clock: Callable[[], float] = time.monotonic  # tests pass their own
     pruned: int = 0
     failed: int = 0

@@ -8,7 +8,7 @@ Always, in the study database (so it reaches the dashboard from any host):
   short enough for the dashboard to show whole; it cuts the full `history` attribute at 1024 characters);
 - a trial note: the strategy, the result and the epoch table (Markdown);
 - the study note: what the objective value means and which trial is the best feasible one. optuna-dashboard
-  does not read Optuna 5 constraints, so its own "Best Trial" badge may sit on an infeasible trial.
+  picks its own "Best Trial" badge without the constraints, so the badge may sit on an infeasible trial.
 
 When an artifact folder is configured (see `artifact_dir`): `trial-N-history.csv`, and `trial-N-curves.png`
 for a complete trial, shown by the dashboard when it is started with the same folder (`lrsearch dashboard`
@@ -22,12 +22,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lrsearch import settings
 from lrsearch.review.tables import epoch_table_markdown
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import SCORE_ATTR, TrialRecord
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-ARTIFACT_DIR_ENV = "LRSEARCH_ARTIFACT_DIR"
 ARTIFACTS_OFF = "off"
 HISTORY_COLUMNS = tuple(f.name for f in dataclasses.fields(EpochRecord))  # of the CSV artifact
 
@@ -64,7 +63,7 @@ def default_artifact_dir(storage_url: str | None) -> Path | None:
 def artifact_dir(storage_url: str | None, given: str | Path | None = None) -> Path | None:
     """The artifact folder: `given` (e.g. --artifact-dir), else $LRSEARCH_ARTIFACT_DIR, else the default
     beside a SQLite file. The value `off` turns artifacts off."""
-    value = str(given) if given is not None else os.environ.get(ARTIFACT_DIR_ENV, "")
+    value = str(given) if given is not None else settings.artifact_dir()
     if value.strip().lower() == ARTIFACTS_OFF:
         return None
     if value.strip():
@@ -211,8 +210,9 @@ def study_note(study_name: str, definition: StudyDefinition, best: TrialRecord |
         "knows it is infeasible through constraints."
     )
     badge = (
-        "**optuna-dashboard does not read Optuna 5 constraints**: its *Best Trial* badge and the history "
-        "plot's best line may sit on an infeasible trial. Trust the line above, or sort the trial table by "
+        "**optuna-dashboard picks its *Best Trial* badge without the constraints**: it may sit on an "
+        "infeasible trial (`lrsearch dashboard` marks infeasible trials in the plots; a plain optuna-dashboard "
+        "shows every trial as feasible). Trust the line above, or sort the trial table by "
         f"the user attribute `{SCORE_ATTR}` (descending; 0 means infeasible or pruned)."
     )
     per_trial = (
@@ -245,5 +245,4 @@ __all__ = [
     "refresh_study_note",
     "study_note",
     "trial_note",
-    "ARTIFACT_DIR_ENV",
 ]

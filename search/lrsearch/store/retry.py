@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from lrsearch.errors import StorageError
+from lrsearch.errors import DatabaseUnreachableError
 from lrsearch.store.urls import mask_url
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 15.0
@@ -77,7 +77,7 @@ def retry_transient(call: Callable[[], T], what: str, retry_seconds: float, show
                 raise
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StorageError(
+                raise DatabaseUnreachableError(
                     f"the study database {shown_url or ''} stayed unreachable for {retry_seconds:.0f}s "
                     f"({what}: {first_line(e)}); check that the database server runs and the URL is right, "
                     "then start the worker again (a trial it was running is re-run by another worker)"

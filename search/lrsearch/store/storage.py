@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from lrsearch import settings
 from lrsearch.errors import StorageError
 from lrsearch.store.retry import _chain, first_line, is_transient, retry_transient
 from lrsearch.store.urls import check_sqlite_folder, mask_url, parse_url, require_database
@@ -18,13 +18,10 @@ if TYPE_CHECKING:
     import optuna
     import sqlalchemy
 
-# A worker's trial is declared dead when no heartbeat came for GRACE seconds; then it is failed and run again.
-HEARTBEAT_INTERVAL = int(os.environ.get("LRSEARCH_HEARTBEAT_INTERVAL", "20"))
-HEARTBEAT_GRACE = int(os.environ.get("LRSEARCH_HEARTBEAT_GRACE", "120"))
+# A worker's trial is declared dead when no heartbeat came for settings.heartbeat_grace() seconds; then it is
+# failed and run again. A worker retries a storage call that failed for a transient reason (lock timeout, dropped
+# connection, server restarting) with backoff for settings.storage_retry_seconds(), then gives up (StorageError).
 SQLITE_BUSY_TIMEOUT = 60  # seconds a writer waits for the lock before SQLite gives up
-# A worker retries a storage call that failed for a transient reason (lock timeout, dropped connection, server
-# restarting) with backoff for this long, then gives up with a StorageError.
-STORAGE_RETRY_SECONDS = float(os.environ.get("LRSEARCH_STORAGE_RETRY_SECONDS", "300"))
 # Seconds to wait for a PostgreSQL server to answer a new connection (psycopg2 waits for the OS otherwise: minutes
 # for a host that drops packets). A URL's own ?connect_timeout= wins.
 CONNECT_TIMEOUT = 10
@@ -180,7 +177,8 @@ def _tune_sqlite(engine: Any) -> None:
 def _new_storage(url: str, engine_kwargs: dict[str, object]) -> optuna.storages.RDBStorage:
     import optuna
     import sqlalchemy
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from lrsearch.store.trial_retry import RetryCopy
 
     for attempt in range(3):
         try:
@@ -189,9 +187,9 @@ def _new_storage(url: str, engine_kwargs: dict[str, object]) -> optuna.storages.
                 return _retrying_storage_class()(
                     url,
                     engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_INTERVAL,
-                    grace_period=HEARTBEAT_GRACE,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                    heartbeat_interval=settings.heartbeat_interval(),
+                    grace_period=settings.heartbeat_grace(),
+                    heartbeat_stale_trial_callback=RetryCopy(),
                 )
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             # Two processes opening a new database at the same moment both create its tables; the slower one

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 import lrsearch.fleet.worker
+import lrsearch.store.liveness
 import lrsearch.store.storage
 from conftest import write_study
 from lrsearch.cli import main
@@ -149,7 +150,7 @@ def test_a_dead_workers_trial_is_run_again_with_its_params_and_seed(
 def test_a_trial_that_never_had_a_heartbeat_is_voided(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lrsearch.fleet.worker, "HEARTBEAT_GRACE", 0)
+    monkeypatch.setattr(lrsearch.store.liveness, "HEARTBEAT_GRACE", 0)
     name = make_study(tmp_path, sqlite_url, trials=2)
     orphan = _ask_with_params(sqlite_url, name, seed=None)  # its worker died before the first heartbeat
     time.sleep(0.05)
@@ -284,12 +285,12 @@ def test_retry_gives_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(StorageError, match=r"stayed unreachable for 0s \(a test: connection refused\)"):
         retry_transient(refused, "a test", 0.05)
 
-    def wrong_password() -> None:
-        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception('password authentication failed for "x"'))
+    def wrong_path() -> None:  # SQLite's own error: SQLITE_CANTOPEN
+        sqlalchemy.create_engine("sqlite:////no/such/folder/x.db").connect()
 
     started = time.monotonic()
     with pytest.raises(sqlalchemy.exc.OperationalError):  # waiting does not fix it: raised at once
-        retry_transient(wrong_password, "a test", 30)
+        retry_transient(wrong_path, "a test", 30)
     with pytest.raises(ValueError):
         retry_transient(lambda: int("x"), "a test", 30)
     assert time.monotonic() - started < 1

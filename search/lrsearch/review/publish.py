@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrsearch.store.optuna_rdb import backend_of
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import SCORE_ATTR
 
@@ -71,8 +72,7 @@ def artifact_dir(storage_url: str | None, given: str | Path | None = None) -> Pa
 
 def storage_url_of(storage: object) -> str | None:
     """The SQLAlchemy URL behind an Optuna storage (Optuna wraps an RDBStorage in a cache), or None."""
-    backend = getattr(storage, "_backend", storage)
-    url = getattr(backend, "url", None)
+    url = getattr(backend_of(storage), "url", None)
     return url if isinstance(url, str) else None
 
 

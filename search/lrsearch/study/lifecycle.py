@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lrsearch.errors import ConfigError, StorageError
+from lrsearch.store.liveness import VOID_ATTR
+from lrsearch.store.optuna_rdb import storage_of
 from lrsearch.store.urls import mask_url
 from lrsearch.study.definition import StudyDefinition
 
@@ -14,9 +16,6 @@ if TYPE_CHECKING:
     import optuna
 
 DEFINITION_ATTR = "lrsearch.study.definition"
-# A FAIL trial with this user attribute never ran and holds no place in the budget: a worker voided it because
-# it was made beyond the budget (the budget lock was lost while it was made) or its worker died at once.
-VOID_ATTR = "lrsearch.void"
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def rebuild(study: optuna.Study, definition: StudyDefinition) -> optuna.Study:
 
     return optuna.load_study(
         study_name=study.study_name,
-        storage=study._storage,
+        storage=storage_of(study),
         sampler=make_sampler(definition),
         pruner=make_pruner(definition),
     )
@@ -167,4 +166,4 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
 
 
-__all__ = ["Budget", "create_or_resume", "check_resumable", "load", "budget", "stored_total", "mask_url"]
+__all__ = ["VOID_ATTR", "Budget", "create_or_resume", "check_resumable", "load", "budget", "stored_total", "mask_url"]

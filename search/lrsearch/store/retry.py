@@ -73,14 +73,14 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 def driver_code(error: BaseException) -> tuple[str, str | int] | None:
     """(driver family, code) of a database driver's error: ("postgresql", SQLSTATE), ("sqlite", primary result
     code), ("mysql", error number); None for an error that carries none."""
-    sqlstate = getattr(error, "pgcode", None) or getattr(error, "sqlstate", None)
+    if type(error).__module__.startswith("pymysql"):
+        return ("mysql", error.args[0]) if error.args and isinstance(error.args[0], int) else None
+    sqlstate = getattr(error, "pgcode", None) or getattr(error, "sqlstate", None)  # psycopg2, psycopg
     if isinstance(sqlstate, str) and sqlstate:
         return "postgresql", sqlstate
     sqlite_code = getattr(error, "sqlite_errorcode", None)
     if isinstance(sqlite_code, int):
         return "sqlite", sqlite_code & 0xFF
-    if type(error).__module__.startswith("pymysql") and error.args and isinstance(error.args[0], int):
-        return "mysql", error.args[0]
     return None
 
 

@@ -49,7 +49,7 @@ def lrsearch_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def code_text() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "search" / "lrsearch").glob("*.py"))
+    return "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "search" / "lrsearch").rglob("*.py"))
 
 
 def test_the_compose_file_is_valid() -> None:

@@ -330,3 +330,37 @@ def test_two_processes_creating_a_new_database_at_once(sqlite_url: str, monkeypa
 
     monkeypatch.setattr(lrsearch.store.storage, "_retrying_storage_class", lambda: slower_process)
     assert open_storage(sqlite_url).get_all_studies() == [] and len(calls) == 2
+
+
+def test_a_claim_that_fails_half_way_runs_again_as_a_whole(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lrsearch.store.optuna_rdb import RetryingRDBStorage
+
+    name = make_study(tmp_path, sqlite_url, trials=2)
+    monkeypatch.setattr(lrsearch.store.liveness, "HEARTBEAT_GRACE", 0)
+    monkeypatch.setattr(lrsearch.store.storage, "SQLITE_BUSY_TIMEOUT", 0.1)  # SQLite gives up after 0.1 s
+    real, beats = RetryingRDBStorage.record_heartbeat, []
+
+    def first_beat_meets_a_locked_database(self: RetryingRDBStorage, trial_id: int) -> None:
+        beats.append(trial_id)
+        if len(beats) > 1:
+            return real(self, trial_id)
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+        blocker.execute("BEGIN EXCLUSIVE")  # another program holds the write lock: a real SQLITE_BUSY
+        try:
+            return real(self, trial_id)
+        finally:
+            blocker.rollback()
+            blocker.close()
+
+    monkeypatch.setattr(RetryingRDBStorage, "record_heartbeat", first_beat_meets_a_locked_database)
+    with caplog.at_level(logging.WARNING, logger="lrsearch.store.retry"):
+        assert run_worker(sqlite_url, name) == 2
+    assert "storage error in claiming a trial (database is locked); retrying" in caplog.text
+    # The trial made before the heartbeat failed never ran: the claim's next run reaped it as void.
+    study, _ = load(open_storage(sqlite_url), name)
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and "first heartbeat" in first.user_attrs[VOID_ATTR]
+    assert states(sqlite_url) == Counter(COMPLETE=2, FAIL=1)
+    assert budget(study, 2) == Budget(finished=2, running=0, waiting=0, total=2)  # the void one holds no place

@@ -2,12 +2,13 @@
 
 What is retried where:
 
-- a unit of work of the worker (`unit_of_work`): claiming a trial (budget lock, reaping, counting, asking, the
-  first heartbeat), telling a trial's result, failing and queueing a trial again. The whole unit runs again
-  from its start, with backoff, for the storage's retry time; inside it each storage call is made once. Each
-  unit is safe to repeat: a trial made by an ask whose answer was lost stays RUNNING without a heartbeat and is
-  voided by the next reaping (lrsearch.store.liveness); a tell or a fail of a trial that is already finished is
-  a no-op.
+- a unit of work of the worker (`unit_of_work`): claiming a trial (the budget lock, reaping dead workers'
+  trials, counting, asking, the trial's first heartbeat) and telling a trial's result. The whole unit runs
+  again from its start, with backoff, for the storage's retry time; inside it each storage call is made once.
+  Each unit is safe to repeat: a trial made by an ask whose answer was lost (or whose first heartbeat failed)
+  stays RUNNING without a heartbeat, holds its place, and is voided (or failed and queued again, for a queued
+  retry) by a reaping once the grace period has passed (lrsearch.store.liveness); a repeated reaping finds the
+  trials it already failed finished and leaves them; a repeated tell of a finished trial is skipped.
 - every other storage call, one by one, with the same backoff (lrsearch.store.optuna_rdb.RetryingRDBStorage):
   a trial's writes while it trains (its sampled parameters, an epoch's report and history, its final attributes
   and dashboard note are each one transaction, so the call is the unit), heartbeats, opening the storage.

@@ -98,18 +98,19 @@ def instrument(clock: Clock) -> dict[str, float]:
     from optuna.storages import BaseStorage, RDBStorage
 
     import lrsearch.fleet.worker
-    import lrsearch.store.storage
+    import lrsearch.store.liveness
     import lrsearch.study.runner
+    from lrsearch.store.optuna_rdb import RetryingRDBStorage
 
     interface = [
         name for name in dir(BaseStorage) if not name.startswith("__") and callable(getattr(BaseStorage, name))
     ]
-    for cls in (RDBStorage, lrsearch.store.storage._retrying_storage_class(), cached._CachedStorage):
+    for cls in (RDBStorage, RetryingRDBStorage, cached._CachedStorage):
         for name in {*interface, "record_heartbeat", "_get_stale_trial_ids", "set_trial_data", "save_study_note"}:
             if name in cls.__dict__:
                 setattr(cls, name, _timed(cls.__dict__[name], clock, name))
     # Module attributes that the worker looks up at call time.
-    _patch(lrsearch.fleet.worker, "_orphans", _timed(vars(lrsearch.fleet.worker)["_orphans"], clock, "orphan query"))
+    _patch(lrsearch.store.liveness, "orphans", _timed(vars(lrsearch.store.liveness)["orphans"], clock, "orphan query"))
     original_lock = lrsearch.fleet.worker.budget_lock
 
     @contextlib.contextmanager

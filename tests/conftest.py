@@ -95,6 +95,53 @@ def _admin(server: sqlalchemy.URL, statement: str) -> None:
         admin.close()  # type: ignore[attr-defined]
 
 
+MYSQL_SERVER = os.environ.get("LRSEARCH_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+def mysql_connect(url: sqlalchemy.URL, **kwargs: object) -> object:
+    import pymysql
+
+    return pymysql.connect(
+        host=url.host,
+        port=url.port or 3306,
+        user=url.username,
+        password=url.password or "",
+        connect_timeout=3,
+        autocommit=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A new, empty database on the MySQL/MariaDB test server; dropped afterwards."""
+    pytest.importorskip("pymysql", reason="PyMySQL is not installed: pip install 'lrsearch[mysql]'")
+    import pymysql
+    import sqlalchemy
+
+    from lrsearch.store.urls import mask_url
+
+    server = sqlalchemy.engine.make_url(MYSQL_SERVER)
+    name = f"lrsearch_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _mysql_admin(server, f"CREATE DATABASE `{name}`")
+    except pymysql.err.OperationalError as e:
+        pytest.skip(f"no MySQL/MariaDB server answers at {mask_url(MYSQL_SERVER)} (set LRSEARCH_TEST_MYSQL): {e}")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        _mysql_admin(server, f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def _mysql_admin(server: sqlalchemy.URL, statement: str) -> None:
+    admin = mysql_connect(server)
+    try:
+        with admin.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.execute(statement)
+    finally:
+        admin.close()  # type: ignore[attr-defined]
+
+
 sys.path.insert(0, str(TESTS))
 # Processes started by tests find `lrsearch` (and pip) of this interpreter, whether or not the venv is activated.
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])

@@ -23,6 +23,8 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 import lrsearch.fleet.worker
+import lrsearch.settings
+import lrsearch.store.liveness
 import lrsearch.store.storage
 from conftest import write_study
 from lrsearch.cli import main
@@ -366,12 +368,12 @@ def test_retry_gives_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(StorageError, match=r"stayed unreachable for 0s \(a test: connection refused\)"):
         retry_transient(refused, "a test", 0.05)
 
-    def wrong_password() -> None:
-        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception('password authentication failed for "x"'))
+    def wrong_path() -> None:  # SQLite's own error: SQLITE_CANTOPEN
+        sqlalchemy.create_engine("sqlite:////no/such/folder/x.db").connect()
 
     started = time.monotonic()
     with pytest.raises(sqlalchemy.exc.OperationalError):  # waiting does not fix it: raised at once
-        retry_transient(wrong_password, "a test", 30)
+        retry_transient(wrong_path, "a test", 30)
     with pytest.raises(ValueError):
         retry_transient(lambda: int("x"), "a test", 30)
     assert time.monotonic() - started < 1
@@ -461,3 +463,37 @@ def test_interruptions_do_not_use_up_the_retries_of_a_dead_worker(
     [rerun] = [t for t in study.trials if t.system_attrs.get("retry_history") == [0, 1, 2]]
     assert rerun.state == TrialState.COMPLETE and rerun.user_attrs["seed"] == 77
     assert finished(sqlite_url) == 1
+
+
+def test_a_claim_that_fails_half_way_runs_again_as_a_whole(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lrsearch.store.optuna_rdb import RetryingRDBStorage
+
+    name = make_study(tmp_path, sqlite_url, trials=2)
+    monkeypatch.setattr(lrsearch.settings, "heartbeat_grace", lambda: 0)
+    monkeypatch.setattr(lrsearch.store.storage, "SQLITE_BUSY_TIMEOUT", 0.1)  # SQLite gives up after 0.1 s
+    real, beats = RetryingRDBStorage.record_heartbeat, []
+
+    def first_beat_meets_a_locked_database(self: RetryingRDBStorage, trial_id: int) -> None:
+        beats.append(trial_id)
+        if len(beats) > 1:
+            return real(self, trial_id)
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+        blocker.execute("BEGIN EXCLUSIVE")  # another program holds the write lock: a real SQLITE_BUSY
+        try:
+            return real(self, trial_id)
+        finally:
+            blocker.rollback()
+            blocker.close()
+
+    monkeypatch.setattr(RetryingRDBStorage, "record_heartbeat", first_beat_meets_a_locked_database)
+    with caplog.at_level(logging.WARNING, logger="lrsearch.store.retry"):
+        assert run_worker(sqlite_url, name) == 2
+    assert "storage error in claiming a trial (database is locked); retrying" in caplog.text
+    # The trial made before the heartbeat failed never ran: the claim's next run reaped it as void.
+    study, _ = load(open_storage(sqlite_url), name)
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and "first heartbeat" in first.user_attrs[VOID_ATTR]
+    assert states(sqlite_url) == Counter(COMPLETE=2, FAIL=1)
+    assert budget(study, 2) == Budget(finished=2, running=0, waiting=0, total=2)  # the void one holds no place

@@ -2,13 +2,15 @@
 
 The budget check and the creation of a trial happen under one lock held in (or next to) the database, so any
 number of workers on any number of hosts end with exactly the budget's count of finished trials. Everything
-that changes the count (reaping dead workers' trials, queueing retries, asking a new trial) happens under it.
+that changes the count (reaping dead workers' trials, queueing retries, asking a new trial) happens under it
+(lrsearch.store.budget_lock; heartbeats, reaping and requeueing: lrsearch.store.liveness).
 
 A worker sends heartbeats while it runs a trial; a trial whose worker died (no heartbeat for the grace period)
 is failed by the next worker that looks, and queued again with the same parameters and seed. SIGINT and
 SIGTERM stop a worker cleanly: its running trial is failed and queued again, so no trial stays RUNNING. A
-storage error (lock timeout, dropped connection) is retried with backoff (see lrsearch.store.storage); a database
-that stays unreachable ends the worker with a DatabaseUnreachableError.
+storage error (lock timeout, dropped connection) is retried with backoff: claiming a trial and telling its result
+as whole units, other calls one by one (see lrsearch.store.retry); a database that stays unreachable ends the
+worker with a DatabaseUnreachableError.
 
 An exception raised in a trial (the objective's code, a CUDA out-of-memory error) fails that trial only: its
 stop_reason is "failed: <type>: <message>", its user attribute `traceback` holds the traceback (trimmed), it counts
@@ -21,10 +23,7 @@ all fail the same way; once the cause is fixed, `lrsearch start` resumes the stu
 from __future__ import annotations
 
 import contextlib
-import copy
-import fcntl
 import gc
-import hashlib
 import logging
 import os
 import signal
@@ -33,10 +32,9 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -47,11 +45,12 @@ from lrsearch.errors import ConfigError, StorageError, TrialsFailingError
 from lrsearch.fleet.threads import set_torch_threads
 from lrsearch.review.publish import publish_trial
 from lrsearch.store.batching import shared_reads, write_trial
-from lrsearch.store.retry import retry_transient
-from lrsearch.store.storage import open_storage, retry_seconds_of
-from lrsearch.store.trial_retry import RetryCopy
-from lrsearch.store.urls import sqlite_file
-from lrsearch.study.lifecycle import VOID_ATTR, Budget, budget, load, stored_total
+from lrsearch.store.budget_lock import budget_lock
+from lrsearch.store.liveness import Heartbeat, fail_and_requeue, reap, void
+from lrsearch.store.optuna_rdb import backend_of, storage_of, trial_id
+from lrsearch.store.retry import unit_of_work
+from lrsearch.store.storage import open_storage
+from lrsearch.study.lifecycle import Budget, budget, load, stored_total
 from lrsearch.study.runner import WORKER_ATTR, TrialRunner
 from lrsearch.train.objective import load_data, load_objective
 
@@ -66,6 +65,7 @@ MAX_FAILURES_IN_A_ROW = 3
 REASON_CHARS, TRACEBACK_CHARS = 500, 8000  # what a failed trial's stop_reason and traceback keep at most
 
 TrialCallback = Callable[[FrozenTrial, Budget], None]
+T = TypeVar("T")
 
 
 class _LockLost(Exception):
@@ -148,94 +148,6 @@ class Stopper:
         self._event.wait(seconds)
 
 
-class Heartbeat:
-    """Records the trial's heartbeat every interval in a thread; a failed beat is logged, never fatal."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
-        self._storage, self._trial_id = storage, trial_id
-        backend: Any = getattr(storage, "_backend", storage)
-        self._interval = float(backend.get_heartbeat_interval() or 0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        if self._interval:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
-            except Exception as e:  # the storage already retried; the next beat may get through
-                _logger.warning("heartbeat of trial id %d not recorded: %s", self._trial_id, e)
-
-
-@contextlib.contextmanager
-def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterator[Callable[[], bool]]:
-    """Held while a worker counts the trials and creates the next one (or changes the count otherwise).
-
-    It gives a check that the lock is still held: on PostgreSQL the lock lives in a database session, which a
-    dropped connection ends.
-    """
-    url = storage.engine.url
-    database = sqlite_file(url)
-    if database is not None:
-        # SQLite is a local file, so a lock file beside it reaches every worker that can open it.
-        with open(database.with_name(database.name + ".lrsearch-lock"), "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                yield lambda: True
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
-    elif url.get_backend_name() == "postgresql":
-        key = int.from_bytes(hashlib.sha256(f"lrsearch:{study_name}".encode()).digest()[:8], "big", signed=True)
-        with _pg_advisory_lock(storage, key) as held:
-            yield held
-    else:
-        yield (lambda: True)  # other backends: no lock; the budget may then be exceeded by a few trials under races
-
-
-@contextlib.contextmanager
-def _pg_advisory_lock(storage: optuna.storages.RDBStorage, key: int) -> Iterator[Callable[[], bool]]:
-    import sqlalchemy
-
-    def lock() -> sqlalchemy.Connection:
-        connection = storage.engine.connect()
-        try:
-            connection.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
-    retry = retry_seconds_of(storage)
-    connection = retry_transient(lock, "taking the budget lock", retry) if retry else lock()
-
-    def held() -> bool:
-        try:
-            connection.exec_driver_sql("SELECT 1")
-        except sqlalchemy.exc.SQLAlchemyError:
-            return False
-        return True
-
-    try:
-        yield held
-    finally:
-        try:
-            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
-            connection.commit()
-        except sqlalchemy.exc.SQLAlchemyError as e:  # the session ended, and the server released its lock
-            _logger.warning("budget lock: the database connection was lost (%s); the server released the lock", e)
-        finally:
-            connection.close()
-
-
 def run_worker(
     storage_url: str,
     study_name: str,
@@ -248,7 +160,8 @@ def run_worker(
     """Run trials of the study until its budget is spent; returns how many this worker ran.
 
     Raises KeyboardInterrupt after a clean stop on SIGINT/SIGTERM (the running trial failed and queued again),
-    StorageError when the database stays unreachable longer than LRSEARCH_STORAGE_RETRY_SECONDS.
+    DatabaseUnreachableError when the database stays unreachable longer than LRSEARCH_STORAGE_RETRY_SECONDS,
+    TrialsFailingError after MAX_FAILURES_IN_A_ROW failed trials in a row.
     """
     stopper = Stopper()
     with stopper.installed():
@@ -272,7 +185,7 @@ def _work(
     ran = failed_in_a_row = 0
     while stopper.requested is None:
         try:
-            trial, state = _claim(study, storage, stopper)
+            trial, state = _unit(storage, "claiming a trial", lambda: _claim(study, storage, stopper))
         except _LockLost:
             _logger.warning("the budget lock was lost (database connection dropped); counting again")
             continue
@@ -293,6 +206,12 @@ def _work(
     return ran
 
 
+def _unit(storage: object, what: str, call: Callable[[], T]) -> T:
+    """`call` as a unit of work, retried as a whole (see lrsearch.store.retry)."""
+    backend = backend_of(storage)
+    return unit_of_work(call, what, backend.retry_seconds, backend.shown_url)
+
+
 def _stop_failing(last: FrozenTrial, failures: int) -> None:
     _logger.error(
         "the traceback of trial %d (its user attribute `traceback`):\n%s",
@@ -308,6 +227,7 @@ def _stop_failing(last: FrozenTrial, failures: int) -> None:
 
 
 def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None, threads: int | None) -> TrialRunner:
+
     threads = threads or settings.torch_threads()  # `start` sets LRSEARCH_TORCH_THREADS for its workers
     if threads:
         set_torch_threads(threads)  # `start` divides the cores among its workers
@@ -330,7 +250,7 @@ def _claim(
                 raise _LockLost
             trial = _ask(study)  # a queued retry first, else a new trial
         # Its first heartbeat before the lock is released: any RUNNING trial without one is an orphan.
-        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+        storage_of(study).record_heartbeat(trial_id(trial))  # type: ignore[attr-defined]
         if held():
             return trial, state
     # The lock's connection dropped while the trial was made (a retried call may have made it late): another
@@ -348,7 +268,7 @@ def _confirm(
                 continue
             if state.finished + state.running + state.waiting <= state.total:
                 return trial, state
-            _void(study, trial._trial_id, "made while the budget lock was lost; beyond the budget")
+            void(study, trial_id(trial), "made while the budget lock was lost; beyond the budget")
             return None, budget(study, state.total)
 
 
@@ -359,68 +279,6 @@ def _ask(study: optuna.Study) -> optuna.Trial:
         return study.ask()
 
 
-def reap(study: optuna.Study) -> None:
-    """Fail the trials of dead workers and queue them again (call it under the budget lock)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # no heartbeat for the grace period
-    for trial_id in _orphans(study):  # RUNNING but never a heartbeat: its worker died right after making it
-        if "failed_trial" in study._storage.get_trial(trial_id).system_attrs:
-            _fail_and_requeue(study, trial_id, "its worker died before the trial's first heartbeat", retry=None)
-        else:  # nothing ran yet: free its place (it may also be a copy made by a retried database call)
-            _void(study, trial_id, "its worker died before the trial's first heartbeat")
-
-
-def _void(study: optuna.Study, trial_id: int, reason: str) -> None:
-    """Fail a trial that never ran, in a way that the budget does not count (see lrsearch.study.lifecycle.budget)."""
-    storage = study._storage
-    with contextlib.suppress(UpdateFinishedTrialError):
-        storage.set_trial_user_attr(trial_id, VOID_ATTR, reason)
-        storage.set_trial_user_attr(trial_id, "stop_reason", f"void: {reason}")
-        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-
-
-def _orphans(study: optuna.Study) -> list[int]:
-    import sqlalchemy
-    from optuna.storages._rdb import models
-
-    backend: Any = getattr(study._storage, "_backend", study._storage)
-    if not hasattr(backend, "engine"):
-        return []
-    trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
-    query = (
-        sqlalchemy.select(trials.c.trial_id)
-        .select_from(trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id))
-        .where(trials.c.study_id == study._study_id, trials.c.state == TrialState.RUNNING)
-        .where(
-            beats.c.trial_id.is_(None),
-            trials.c.datetime_start < datetime.now() - timedelta(seconds=settings.heartbeat_grace()),
-        )
-    )
-
-    def read() -> list[int]:
-        with backend.engine.connect() as connection:
-            return [row[0] for row in connection.execute(query)]
-
-    retry = retry_seconds_of(study._storage)
-    return retry_transient(read, "looking for orphaned trials", retry) if retry else read()
-
-
-def _fail_and_requeue(
-    study: optuna.Study, trial_id: int, reason: str, *, retry: int | None, interrupted: bool = False
-) -> None:
-    """Fail a RUNNING trial and queue a copy (same parameters, same seed, see lrsearch.store.trial_retry) unless it
-    was retried `retry` times already; nothing if it already finished. An `interrupted` trial is always queued."""
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial_id, "stop_reason", reason)
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-            return
-    except UpdateFinishedTrialError:
-        return  # another worker reaped it first and queued its retry
-    RetryCopy(retry, interrupted=interrupted)(study, copy.deepcopy(storage.get_trial(trial_id)))
-
-
 def _run_one(
     study: optuna.Study,
     storage: optuna.storages.RDBStorage,
@@ -429,7 +287,7 @@ def _run_one(
     stopper: Stopper,
 ) -> FrozenTrial | None:
     """Run the trial and tell its result; None when another worker took it over (it was reaped as dead)."""
-    with Heartbeat(study._storage, trial._trial_id):
+    with Heartbeat(storage_of(study), trial_id(trial)):
         try:
             with stopper.interruptible():
                 value = runner(trial)
@@ -438,7 +296,7 @@ def _run_one(
         except KeyboardInterrupt as e:
             with budget_lock(storage, study.study_name):  # the FAIL and its queued copy appear together
                 reason = f"interrupted ({e or 'SIGINT'}); queued to run again"
-                _fail_and_requeue(study, trial._trial_id, reason, retry=None, interrupted=True)
+                fail_and_requeue(study, trial_id(trial), reason, retry=None, interrupted=True)
             raise
         except UpdateFinishedTrialError:
             _taken_over(trial)
@@ -492,8 +350,10 @@ def _free_device_memory(runner: TrialRunner) -> None:
 def _tell(
     study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState | None
 ) -> FrozenTrial | None:
-    try:
-        frozen = study.tell(trial, value, state=state, skip_if_finished=True)
+    try:  # a tell repeated after a lost answer finds the trial finished, and skips
+        frozen = _unit(
+            storage_of(study), "telling a result", lambda: study.tell(trial, value, state=state, skip_if_finished=True)
+        )
     except UpdateFinishedTrialError:
         frozen = None
     if frozen is None or (frozen.state == TrialState.FAIL and state != TrialState.FAIL):

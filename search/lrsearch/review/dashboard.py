@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import LRSearchError
 from lrsearch.review.publish import artifact_dir, refresh_study_note
+from lrsearch.store.optuna_rdb import study_id
 from lrsearch.store.storage import open_storage
 from lrsearch.store.urls import mask_url
 
@@ -63,8 +64,8 @@ def serve(
     folder = artifact_dir(storage_url, artifact_folder)
     store = artifact_store(folder, echo)
     echo(f"lrsearch: optuna-dashboard on {mask_url(storage_url)}, artifacts: {folder if store else 'none'}")
-    for name, study_id in refresh_notes(storage, echo):
-        echo(f"  study '{name}': http://{_url_host(host)}:{port}/dashboard/studies/{study_id}")
+    for name, number in refresh_notes(storage, echo):
+        echo(f"  study '{name}': http://{_url_host(host)}:{port}/dashboard/studies/{number}")
     echo(f"open http://{_url_host(host)}:{port}/dashboard (Ctrl-C stops)")
     with serving_constraints():
         run_server(storage, host=host, port=port, artifact_store=store)
@@ -143,7 +144,7 @@ def refresh_notes(storage: optuna.storages.BaseStorage, echo: Echo = _stderr) ->
             refresh_study_note(study, definition)
         except Exception as e:  # noqa: BLE001 - a read-only database still deserves a dashboard
             echo(f"warning: could not update the note of study '{name}': {type(e).__name__}: {e}")
-        studies.append((name, study._study_id))
+        studies.append((name, study_id(study)))
     return studies
 
 

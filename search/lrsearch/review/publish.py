@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from lrsearch import settings
 from lrsearch.review.tables import epoch_table_markdown
+from lrsearch.store.optuna_rdb import backend_of
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import SCORE_ATTR, TrialRecord
 from lrsearch.train.records import EpochRecord
@@ -73,8 +74,7 @@ def artifact_dir(storage_url: str | None, given: str | Path | None = None) -> Pa
 
 def storage_url_of(storage: object) -> str | None:
     """The SQLAlchemy URL behind an Optuna storage (Optuna wraps an RDBStorage in a cache), or None."""
-    backend = getattr(storage, "_backend", storage)
-    url = getattr(backend, "url", None)
+    url = getattr(backend_of(storage), "url", None)
     return url if isinstance(url, str) else None
 
 

@@ -1,4 +1,5 @@
-"""Opening the study database: any SQLAlchemy URL, tuned for several workers, errors turned into advice."""
+"""Opening the study database: SQLite, PostgreSQL or MySQL/MariaDB, tuned for several workers, errors turned into
+advice."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import functools
 import logging
 import time
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lrsearch import settings
 from lrsearch.errors import StorageError
+from lrsearch.store.budget_lock import check_backend
 from lrsearch.store.retry import _chain, first_line, is_transient, retry_transient
 from lrsearch.store.urls import check_sqlite_folder, mask_url, parse_url, require_database
 
@@ -29,78 +30,29 @@ CONNECT_TIMEOUT = 10
 _logger = logging.getLogger(__name__)
 
 
-# The RDBStorage methods that talk to the database: the public ones and the private ones optuna's cache calls.
-_RETRIED_METHODS = (
-    "create_new_study",
-    "delete_study",
-    "set_study_user_attr",
-    "set_study_system_attr",
-    "get_study_id_from_name",
-    "get_study_name_from_id",
-    "get_study_directions",
-    "get_study_user_attrs",
-    "get_study_system_attrs",
-    "get_trial_user_attrs",
-    "get_trial_system_attrs",
-    "get_all_studies",
-    "create_new_trial",
-    "_create_new_trial",
-    "set_trial_param",
-    "_set_trial_param",
-    "get_trial_param",
-    "set_trial_state_values",
-    "set_trial_intermediate_value",
-    "set_trial_user_attr",
-    "set_trial_system_attr",
-    "get_trial_id_from_study_id_trial_number",
-    "get_trial",
-    "get_all_trials",
-    "_get_trials",
-    "get_best_trial",
-    "_get_best_trial_id",
-    "record_heartbeat",
-    "_get_stale_trial_ids",
-)
-
-
-@functools.cache
 def _retrying_storage_class() -> type[optuna.storages.RDBStorage]:
-    """RDBStorage whose database calls go through `retry_transient` for `retry_seconds` (0: called once)."""
-    from optuna.storages import RDBStorage
+    """The RDBStorage class lrsearch opens (a function, so that a test can stand in for it)."""
+    from lrsearch.store.optuna_rdb import RetryingRDBStorage
 
-    def retried(name: str, method: Callable[..., Any] | None = None) -> Callable[..., Any]:
-        method = method or getattr(RDBStorage, name)
-
-        @functools.wraps(method)
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if not self.retry_seconds:
-                return method(self, *args, **kwargs)
-            return retry_transient(lambda: method(self, *args, **kwargs), name, self.retry_seconds, self.shown_url)
-
-        return wrapper
-
-    from lrsearch.store.batching import save_study_note, set_trial_data
-
-    namespace: dict[str, Any] = {name: retried(name) for name in _RETRIED_METHODS}
-    namespace.update(retry_seconds=0.0, shown_url="")
-    namespace["set_trial_data"] = retried("set_trial_data", set_trial_data)
-    namespace["save_study_note"] = retried("save_study_note", save_study_note)
-    return type("RetryingRDBStorage", (RDBStorage,), namespace)
+    return RetryingRDBStorage
 
 
 def retry_seconds_of(storage: optuna.storages.BaseStorage) -> float:
     """How long the storage retries a failed call (0 for one opened without retries)."""
-    backend = getattr(storage, "_backend", storage)  # optuna wraps an RDBStorage in its cache
-    return float(getattr(backend, "retry_seconds", 0.0))
+    from lrsearch.store.optuna_rdb import backend_of
+
+    return float(getattr(backend_of(storage), "retry_seconds", 0.0))
 
 
 def open_storage(url: str, *, retry_seconds: float = 0.0, must_exist: bool = False) -> optuna.storages.RDBStorage:
-    """An RDBStorage for `url`, with heartbeats and retry of dead workers' trials.
+    """An RDBStorage for `url` (SQLite, PostgreSQL or MySQL/MariaDB), with heartbeats and retry of dead workers'
+    trials. Another database is a ConfigError: lrsearch has no budget lock for it.
 
     With `retry_seconds` (workers do this), a database call that fails for a transient reason (lock timeout,
     dropped connection, server restarting) is tried again with backoff for that long; then StorageError.
     With `must_exist` (commands that only read), a SQLite file that is not there is an error, not a new database.
     """
+    check_backend(url)
     if must_exist:
         require_database(url)
     if retry_seconds:
@@ -131,7 +83,8 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
         driver = f"{parsed.get_backend_name()} driver '{parsed.get_driver_name()}'"
         raise StorageError(
             f"storage '{shown}': the {driver} is not installed (or not known to SQLAlchemy); install it, or for "
-            "PostgreSQL use postgresql+psycopg2://... after pip install 'lrsearch[postgres]' (psycopg2-binary)"
+            "PostgreSQL use postgresql+psycopg2://... after pip install 'lrsearch[postgres]' (psycopg2-binary), "
+            "for MySQL/MariaDB mysql+pymysql://... after pip install 'lrsearch[mysql]' (PyMySQL)"
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
         if retry_seconds and is_transient(e):
@@ -140,7 +93,11 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
             f"cannot open storage '{shown}': {first_line(e)}; check that the database server runs and that the "
             "URL (host, port, user, password, database) is right"
         ) from None
+    from lrsearch.store.optuna_rdb import log_path, missing_piece
+
     storage.retry_seconds, storage.shown_url = retry_seconds, shown  # type: ignore[attr-defined]
+    storage.batched = missing_piece() is None  # type: ignore[attr-defined]
+    log_path()
     return storage
 
 

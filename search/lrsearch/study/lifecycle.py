@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lrsearch.errors import ConfigError, StorageError
+from lrsearch.store.optuna_rdb import storage_of
 from lrsearch.store.urls import mask_url
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import VOID_ATTR, voided
@@ -14,9 +15,7 @@ from lrsearch.study.record import VOID_ATTR, voided
 if TYPE_CHECKING:
     import optuna
 
-DEFINITION_ATTR = "lrsearch.study.definition"
-# A FAIL trial with the user attribute VOID_ATTR never ran and holds no place in the budget: a worker voided it
-# because it was made beyond the budget (the budget lock was lost while it was made) or its worker died at once.
+DEFINITION_ATTR = "lrsearch.definition"
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def rebuild(study: optuna.Study, definition: StudyDefinition) -> optuna.Study:
 
     return optuna.load_study(
         study_name=study.study_name,
-        storage=study._storage,
+        storage=storage_of(study),
         sampler=make_sampler(definition),
         pruner=make_pruner(definition),
     )

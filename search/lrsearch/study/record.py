@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lrsearch.errors import LRSearchError
+from lrsearch.store.liveness import VOID_ATTR as VOID_ATTR  # a voided trial never ran: store sets it
 from lrsearch.train.records import EpochRecord
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ TRAIN_ACC_ATTR = "train_acc"
 EPOCH_ATTR = "epoch"  # the chosen epoch (1-based)
 STOP_REASON_ATTR = "stop_reason"
 TRACEBACK_ATTR = "traceback"  # of the exception that failed the trial
-# A FAIL trial with this attribute never ran and holds no place in the budget (see lifecycle.budget).
-VOID_ATTR = "lrsearch.void"
 
 # For the dashboard's trial table: the score (sortable) and short per-epoch curves.
 SCORE_ATTR = "feasible_val_acc"

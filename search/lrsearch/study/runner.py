@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import optuna
 
 from lrsearch.store.batching import shared_reads, write_trial
+from lrsearch.store.optuna_rdb import frozen_trial
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import WORKER_ATTR, TrialRecord, stored_seed
 from lrsearch.study.scoring import EpochSelector
@@ -32,8 +33,7 @@ def retry_seed(trial: optuna.Trial, study_seed: int) -> int:
     if stored is not None:
         return stored
     # Read when the trial was made (a retry is made with `failed_trial`); else read it again.
-    frozen = getattr(trial, "_cached_frozen_trial", None) or trial.storage.get_trial(trial._trial_id)
-    system_attrs = frozen.system_attrs
+    system_attrs = frozen_trial(trial).system_attrs
     return trial_seed(study_seed, int(system_attrs.get("failed_trial", trial.number)))
 
 

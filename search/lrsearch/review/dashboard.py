@@ -13,24 +13,22 @@ serializes a trial (`serving_constraints`); its plots then mark infeasible trial
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lrsearch.errors import LRSearchError
 from lrsearch.review.publish import artifact_dir, refresh_study_note
-from lrsearch.store.optuna_rdb import study_id
+from lrsearch.store.optuna_rdb import serving_constraints, study_id
 from lrsearch.store.storage import open_storage
 from lrsearch.store.urls import mask_url
 
 if TYPE_CHECKING:
     import optuna
     from optuna.artifacts import FileSystemArtifactStore
-    from optuna.trial import FrozenTrial
 
 _logger = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -69,27 +67,6 @@ def serve(
     echo(f"open http://{_url_host(host)}:{port}/dashboard (Ctrl-C stops)")
     with serving_constraints():
         run_server(storage, host=host, port=port, artifact_store=store)
-
-
-@contextlib.contextmanager
-def serving_constraints() -> Iterator[None]:
-    """Inside: optuna-dashboard serializes each trial with its constraint values (Optuna 5's, in the order Optuna
-    reads them) as the `constraints` list its pages read, unless the trial has that list already."""
-    from optuna_dashboard import _serializer
-
-    original = _serializer.serialize_frozen_trial
-
-    def serialize(study_id: int, trial: FrozenTrial, study_system_attrs: dict[str, Any]) -> dict[str, Any]:
-        serialized: dict[str, Any] = original(study_id, trial, study_system_attrs)
-        if not serialized.get("constraints") and trial.constraints:
-            serialized["constraints"] = list(trial.constraints.values())
-        return serialized
-
-    _serializer.serialize_frozen_trial = serialize
-    try:
-        yield
-    finally:
-        _serializer.serialize_frozen_trial = original
 
 
 def _url_host(host: str) -> str:

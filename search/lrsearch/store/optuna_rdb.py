@@ -437,7 +437,38 @@ def shared_reads(study: optuna.Study) -> Iterator[None]:
         yield
 
 
+# --- optuna-dashboard ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving_constraints() -> Iterator[None]:
+    """Inside: optuna-dashboard serializes each trial with its constraint values (Optuna 5's, in the order Optuna
+    reads them) as the `constraints` list its pages read, unless the trial has that list already. optuna-dashboard
+    0.21 reads only that older format; without its serializer (another version), trials are served as they are."""
+    try:
+        from optuna_dashboard import _serializer
+    except ImportError:
+        _logger.warning("lrsearch dashboard: optuna-dashboard has no _serializer; infeasible trials are not marked")
+        yield
+        return
+
+    original = _serializer.serialize_frozen_trial
+
+    def serialize(study_id: int, trial: FrozenTrial, study_system_attrs: dict[str, Any]) -> dict[str, Any]:
+        serialized: dict[str, Any] = original(study_id, trial, study_system_attrs)
+        if not serialized.get("constraints") and trial.constraints:
+            serialized["constraints"] = list(trial.constraints.values())
+        return serialized
+
+    _serializer.serialize_frozen_trial = serialize
+    try:
+        yield
+    finally:
+        _serializer.serialize_frozen_trial = original
+
+
 __all__ = [
+    "serving_constraints",
     "RetryingRDBStorage",
     "SharingCache",
     "backend_of",

@@ -471,7 +471,7 @@ def test_a_claim_that_fails_half_way_runs_again_as_a_whole(
     from lrsearch.store.optuna_rdb import RetryingRDBStorage
 
     name = make_study(tmp_path, sqlite_url, trials=2)
-    monkeypatch.setattr(lrsearch.settings, "heartbeat_grace", lambda: 0)
+    monkeypatch.setenv("LRSEARCH_HEARTBEAT_GRACE", "1")  # the trial made before the failed heartbeat is an orphan
     monkeypatch.setattr(lrsearch.store.storage, "SQLITE_BUSY_TIMEOUT", 0.1)  # SQLite gives up after 0.1 s
     real, beats = RetryingRDBStorage.record_heartbeat, []
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from conftest import TESTS, write_study
 from lrsearch.cli import main
@@ -298,9 +298,9 @@ def test_kill_9_of_a_worker_and_of_an_actor_reruns_their_trials(
     tmp_path: Path, pg_url: str, process_env: dict[str, str], ray_head: str
 ) -> None:
     total = 8
-    study = write_study(tmp_path, SLOW.format(samples=8000), trials=total, epochs=3)
+    study = write_study(tmp_path, SLOW.format(samples=8000), trials=total, epochs=4)
     process = _start(process_env, study, pg_url, ray_head, "--workers", "2", "--device", "cpu")
-    running = wait_for(lambda: mid_trial(pg_url, minimum=2), 120, "both workers in a trial")
+    running = wait_for(lambda: _early(mid_trial(pg_url, minimum=2)), 120, "both workers early in a trial")
     killed = [t.user_attrs["worker"] for t in running[:2]]  # type: ignore[index]
     worker_pid, other_pid = (int(worker.rsplit(":", 1)[1]) for worker in killed)
     actor_pid = int(Path(f"/proc/{other_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
@@ -308,6 +308,8 @@ def test_kill_9_of_a_worker_and_of_an_actor_reruns_their_trials(
     os.kill(actor_pid, signal.SIGKILL)  # Ray starts the actor again; its worker dies with it
     code, err = finish(process)
     assert code == 0, err
+    assert f"(pid {worker_pid}) was killed by SIGKILL; starting it again" in err  # the lines of the actors,
+    assert "was lost with its actor's process or node; Ray restarted the actor" in err  # passed on by Ray
     trials = assert_exact(pg_url, total)
     # The trials the two workers were running when killed (normally those above; later ones if they just moved on)
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -341,6 +343,11 @@ def test_sigint_stops_every_worker_and_leaves_no_trial_running(
         pid = int(trial.user_attrs["worker"].rsplit(":", 1)[1])
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"worker {pid} still runs"
     wait_for(lambda: _resources(ray_head).get("CPU") == 2.0, 60, "the actors to release their CPUs")
+
+
+def _early(running: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The running trials, when each has epochs left to run after this moment (none will end on its own now)."""
+    return running if all(len(t.intermediate_values) <= 2 for t in running) else []
 
 
 def _zombie(pid: int) -> bool:

@@ -79,9 +79,9 @@ class WorkerProcess:
             return None if self._process is None else self._process.pid
 
     def _say(self, text: str) -> None:
-        pid = None if self._process is None else self._process.pid
+        pid = "" if self._process is None else f" (pid {self._process.pid})"
         # The actor's stderr goes to the driver (Ray streams it): the line shows in the output of `start`.
-        print(f"{self.spec.describe()} (pid {pid}) {text}", file=sys.stderr, flush=True)
+        print(f"{self.spec.describe()}{pid} {text}", file=sys.stderr, flush=True)
 
 
 def describe_exit(code: int) -> str:

@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ class Cluster:
 def ray_cluster(address: str) -> Iterator[Cluster]:
     """Connected to the Ray cluster at `address` while inside (see the module's docstring for the values)."""
     ray = import_ray()
+    if not sys.stderr.isatty():  # the workers' lines Ray passes on, without colour codes in a log file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         ray.init(address=address or None, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as e:
@@ -204,6 +207,20 @@ def absolute_url(storage_url: str) -> str:
     return str(parse_url(storage_url).set(database=str(file)).render_as_string(hide_password=False))
 
 
+class RayWorkerProcess(WorkerProcess):
+    """The actor: a WorkerProcess that says so when Ray has restarted it after its process or node was lost."""
+
+    def run(self) -> int:
+        import ray
+
+        with warnings.catch_warnings():  # Ray's own property reads a deprecated one of its own
+            warnings.simplefilter("ignore", DeprecationWarning)
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
+            self._say("was lost with its actor's process or node; Ray restarted the actor, which starts it again")
+        return super().run()
+
+
 def run_ray_fleet(
     storage_url: str,
     study_name: str,
@@ -227,7 +244,7 @@ def run_ray_fleet(
     watcher = _Watcher(study, on_trial)
     url = absolute_url(storage_url)
     data = None if data_dir is None else data_dir.absolute()
-    actor_class = ray.remote(WorkerProcess)
+    actor_class = ray.remote(RayWorkerProcess)
     options = _placement(ray, storage_url, cluster)
     stop = threading.Event()
     with _stopping_on_signals(stop) as received:

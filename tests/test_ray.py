@@ -55,6 +55,9 @@ from test_fleet import (
 
 __all__ = ["process_env", "_no_leftover_processes"]  # fixtures used here
 
+# Our head and its clients alike, whether or not this machine holds a Ray token (~/.ray/auth_token, which Ray uses
+# for a new head but not for a client unless told).
+NO_RAY_TOKEN = {"RAY_AUTH_MODE": "disabled"}
 GPU_CLUSTER = Cluster((Node("a", "10.0.0.1", 8.0, 2.0), Node("b", "10.0.0.2", 8.0, 2.0)), "a")
 CPU_CLUSTER = Cluster((Node("a", "10.0.0.1", 8.0, 0.0), Node("b", "10.0.0.2", 4.0, 0.0)), "a")
 
@@ -142,6 +145,15 @@ def test_a_study_file_taken_as_the_ray_address_is_explained(tmp_path: Path) -> N
     assert result.exit_code == 2 and "give --ray after the study file" in result.stderr
 
 
+def test_an_address_where_no_head_answers_is_refused_at_once(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason=f"Ray is not installed: {INSTALL_HINT}")
+    study, storage = write_study(tmp_path), f"sqlite:///{tmp_path / 'study.db'}"
+    port = _free_port()  # nothing listens there
+    result = CliRunner().invoke(main, ["start", str(study), "--storage", storage, "--ray", f"127.0.0.1:{port}"])
+    assert result.exit_code == 2 and f"--ray 127.0.0.1:{port}: no Ray head answers there" in result.stderr
+    assert not (tmp_path / "study.db").exists()
+
+
 def test_layout_errors_come_before_ray_is_needed() -> None:
     with pytest.raises(ConfigError, match="--gpus 0 names GPUs of this host"):
         check_layout("auto", "0", 1, "auto")
@@ -219,6 +231,7 @@ def ray_head() -> Iterator[str]:
     ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(NO_RAY_TOKEN)
     env.pop("RAY_ADDRESS", None)
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live in it
     port = _free_port()
@@ -260,15 +273,30 @@ def _resources(address: str) -> dict[str, float]:
         f"ray.init(address={address!r}, logging_level=logging.ERROR)\n"
         "print(json.dumps(ray.available_resources()))"
     )
+    env = dict(os.environ, **NO_RAY_TOKEN)
     try:
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     except subprocess.TimeoutExpired:
         return {}
     return json.loads(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else {}
 
 
 def _start(env: dict[str, str], study: Path, url: str, address: str, *args: str) -> subprocess.Popen[str]:
-    return lrsearch_process(env, "start", str(study), "--storage", url, "--ray", address, *args)
+    return lrsearch_process(dict(env, **NO_RAY_TOKEN), "start", str(study), "--storage", url, "--ray", address, *args)
+
+
+@pytest.mark.slow
+def test_dry_run_shows_the_actors_and_writes_nothing(
+    tmp_path: Path, sqlite_url: str, ray_head: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", NO_RAY_TOKEN["RAY_AUTH_MODE"])
+    study = write_study(tmp_path, trials=3)
+    args = ["start", str(study), "--storage", sqlite_url, "--ray", ray_head, "--per-gpu", "2", "--dry-run"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "Ray cluster: 1 node, 2 CPUs, 2 GPUs; 3 workers:" in result.stdout  # 2 x 2 GPUs, but 3 trials
+    assert "worker 2 reserving 0.5 GPU and 1 CPU (device auto, 1 thread)" in result.stdout
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'lrsearch[ray]'"
 DEVICES = ("auto", "cuda", "cpu")
+CONNECT_SECONDS = 10.0  # for the head's port to answer
 
 
 def import_ray() -> ModuleType:
@@ -89,18 +91,34 @@ def ray_cluster(address: str) -> Iterator[Cluster]:
     ray = import_ray()
     if not sys.stderr.isatty():  # the workers' lines Ray passes on, without colour codes in a log file
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    _check_answers(address)
     try:
         ray.init(address=address or None, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as e:
+        cause = f" ({str(e.__cause__).strip().splitlines()[-1]})" if e.__cause__ is not None else ""  # e.g. a missing token
         where = f"at {address}" if address not in ("", "auto") else "running on this host (or at RAY_ADDRESS)"
         raise ConfigError(
-            f"--ray {address or ''}: cannot connect to a Ray cluster {where}: {e}. Start one with "
+            f"--ray {address}: cannot connect to a Ray cluster {where}: {str(e).rstrip('.')}{cause}. Start one with "
             "`ray start --head` (and `ray start --address HEAD:6379` on the other nodes), or give its address"
         ) from None
     try:
         yield _cluster(ray)
     finally:
         ray.shutdown()
+
+
+def _check_answers(address: str) -> None:
+    """A HOST:PORT that nothing answers on is refused at once (Ray would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or "/" in address or not port.isdigit():
+        return  # auto, local, the default, or a ray:// URL: Ray resolves them
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        raise ConfigError(
+            f"--ray {address}: no Ray head answers there ({e}); check the address (`ray status` on the head shows "
+            "it), or start one with `ray start --head`"
+        ) from None
 
 
 def _cluster(ray: ModuleType) -> Cluster:

@@ -321,6 +321,18 @@ def test_two_actors_share_the_gpus_and_spend_the_budget_exactly(
 
 
 @pytest.mark.slow
+def test_more_workers_than_the_cluster_holds_take_turns(
+    tmp_path: Path, sqlite_url: str, process_env: dict[str, str], ray_head: str
+) -> None:
+    # 3 actors of 1 CPU on 2 CPUs: the third runs once another's worker has ended and its actor is gone.
+    study = write_study(tmp_path, trials=3, epochs=2)
+    code, err = finish(_start(process_env, study, sqlite_url, ray_head, "--workers", "3", "--device", "cpu"), 120)
+    assert code == 0, err
+    assert err.count("reserving 1 CPU (device cpu, 1 thread) as a Ray actor") == 3
+    assert_exact(sqlite_url, 3)
+
+
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_kill_9_of_a_worker_and_of_an_actor_reruns_their_trials(
     tmp_path: Path, pg_url: str, process_env: dict[str, str], ray_head: str

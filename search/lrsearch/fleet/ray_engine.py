@@ -95,7 +95,8 @@ def ray_cluster(address: str) -> Iterator[Cluster]:
     try:
         ray.init(address=address or None, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        cause = f" ({str(e.__cause__).strip().splitlines()[-1]})" if e.__cause__ is not None else ""  # e.g. a missing token
+        # Ray's reason is the last line of the error's cause (e.g. a missing token)
+        cause = f" ({str(e.__cause__).strip().splitlines()[-1]})" if e.__cause__ is not None else ""
         where = f"at {address}" if address not in ("", "auto") else "running on this host (or at RAY_ADDRESS)"
         raise ConfigError(
             f"--ray {address}: cannot connect to a Ray cluster {where}: {str(e).rstrip('.')}{cause}. Start one with "
@@ -347,6 +348,7 @@ def _supervise(
         for run in ready:
             index = runs.index(run)
             ends[index] = _ending(ray, run)
+            ray.kill(actors[index], no_restart=True)  # its worker has ended: its share goes to actors still waiting
             if ends[index] != describe_exit(0) and deadline is None:
                 echo(f"{planned[index].describe()} ended: it {ends[index]}")
         _poll_quietly(watcher)

@@ -135,7 +135,7 @@ def test_without_ray_installed_the_message_says_how_to_install_it(
     study = write_study(tmp_path)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     result = CliRunner().invoke(main, ["start", str(study), "--storage", storage, "--ray", "auto"])
-    assert result.exit_code == 2 and INSTALL_HINT in result.stderr, result.output
+    assert result.exit_code == 1 and INSTALL_HINT in result.stderr, result.output
     assert not (tmp_path / "study.db").exists()  # nothing written
 
 
@@ -150,7 +150,7 @@ def test_an_address_where_no_head_answers_is_refused_at_once(tmp_path: Path) -> 
     study, storage = write_study(tmp_path), f"sqlite:///{tmp_path / 'study.db'}"
     port = _free_port()  # nothing listens there
     result = CliRunner().invoke(main, ["start", str(study), "--storage", storage, "--ray", f"127.0.0.1:{port}"])
-    assert result.exit_code == 2 and f"--ray 127.0.0.1:{port}: no Ray head answers there" in result.stderr
+    assert result.exit_code == 1 and f"--ray 127.0.0.1:{port}: no Ray head answers there" in result.stderr
     assert not (tmp_path / "study.db").exists()
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
 
-from lrsearch.errors import ConfigError
+from lrsearch.errors import ConfigError, LRSearchError
 from lrsearch.fleet.ray_actor import WorkerProcess, describe_exit
 from lrsearch.fleet.supervisor import POLL_SECONDS, STOP_TIMEOUT, FleetError, WorkerSpec, _Watcher, _worker_count
 from lrsearch.fleet.threads import THREAD_ENVS
@@ -49,11 +49,16 @@ DEVICES = ("auto", "cuda", "cpu")
 CONNECT_SECONDS = 10.0  # for the head's port to answer
 
 
+class RayUnavailable(LRSearchError):
+    """Ray is not installed here, or no Ray cluster answers at the address given (exit code 1, as for a database
+    server that is down)."""
+
+
 def import_ray() -> ModuleType:
     try:
         import ray
     except ImportError:
-        raise ConfigError(f"--ray needs Ray, which is not installed here: {INSTALL_HINT}") from None
+        raise RayUnavailable(f"--ray needs Ray, which is not installed here: {INSTALL_HINT}") from None
     return ray
 
 
@@ -96,9 +101,9 @@ def ray_cluster(address: str) -> Iterator[Cluster]:
         ray.init(address=address or None, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as e:
         # Ray's reason is the last line of the error's cause (e.g. a missing token)
-        cause = f" ({str(e.__cause__).strip().splitlines()[-1]})" if e.__cause__ is not None else ""
+        cause = f" ({(str(e.__cause__).strip().splitlines() or [''])[-1]})" if e.__cause__ is not None else ""
         where = f"at {address}" if address not in ("", "auto") else "running on this host (or at RAY_ADDRESS)"
-        raise ConfigError(
+        raise RayUnavailable(
             f"--ray {address}: cannot connect to a Ray cluster {where}: {str(e).rstrip('.')}{cause}. Start one with "
             "`ray start --head` (and `ray start --address HEAD:6379` on the other nodes), or give its address"
         ) from None
@@ -116,7 +121,7 @@ def _check_answers(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
     except OSError as e:
-        raise ConfigError(
+        raise RayUnavailable(
             f"--ray {address}: no Ray head answers there ({e}); check the address (`ray status` on the head shows "
             "it), or start one with `ray start --head`"
         ) from None
@@ -385,4 +390,5 @@ __all__ = [
     "forwarded_env",
     "run_ray_fleet",
     "INSTALL_HINT",
+    "RayUnavailable",
 ]

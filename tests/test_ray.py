@@ -154,9 +154,14 @@ def test_an_address_where_no_head_answers_is_refused_at_once(tmp_path: Path) -> 
     assert not (tmp_path / "study.db").exists()
 
 
-def test_layout_errors_come_before_ray_is_needed() -> None:
+def test_layout_errors_come_before_ray_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="--gpus 0 names GPUs of this host"):
         check_layout("auto", "0", 1, "auto")
+    monkeypatch.setitem(sys.modules, "ray", None)  # not even imported
+    study, storage = write_study(tmp_path), f"sqlite:///{tmp_path / 'study.db'}"
+    result = CliRunner().invoke(main, ["start", str(study), "--storage", storage, "--gpus", "0,1", "--ray", "auto"])
+    assert result.exit_code == 2 and "--gpus 0,1 names GPUs of this host; with --ray" in result.stderr
+    assert not (tmp_path / "study.db").exists()
 
 
 def test_help_imports_neither_ray_nor_torch() -> None:

@@ -124,6 +124,16 @@ device_option = click.option(
 @click.option("--gpus", help="GPU ids, e.g. 0,1,2,3: --per-gpu workers per GPU, each pinned to it.")
 @click.option("--per-gpu", type=int, default=1, show_default=True, help="Workers per GPU listed in --gpus.")
 @click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    metavar="[auto|local|ADDRESS]",
+    help="Run the workers as Ray actors on a Ray cluster (pip install 'lrsearch[ray]'): auto (a running one), "
+    "local (a new one on this host) or its ADDRESS; alone: Ray's default (RAY_ADDRESS, a cluster running here, "
+    "else a new one). --per-gpu M: each worker reserves 1/M of a GPU.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Check the study file, the options, the workers, the storage, the objective and its data, print "
@@ -138,6 +148,7 @@ def start(
     workers: str | None,
     gpus: str | None,
     per_gpu: int,
+    ray_address: str | None,
     dry_run: bool,
     **overrides: Any,
 ) -> None:
@@ -153,6 +164,9 @@ def start(
     from lrsearch.study.lifecycle import budget, create_or_resume
 
     settings.check_all()
+    if ray_address is not None:
+        _start_on_ray(storage, study_file, overrides, data_dir, (workers, gpus, per_gpu, device), ray_address, dry_run)
+        return
     layout = (workers, gpus, per_gpu, device)
     plan_workers(*layout, remaining=sys.maxsize)  # a bad layout is refused before the database is touched
     if gpus is None:
@@ -277,6 +291,57 @@ def _run_fleet(storage: str, study: Any, total: int, data_dir: Path | None, spec
         on_trial=progress.trial_done,
         echo=lambda line: click.echo(line, err=True),
     )
+    click.echo(progress.closing_line(), err=True)
+    _echo_next_step(study.study_name, storage)
+
+
+def _start_on_ray(
+    storage: str,
+    study_file: Path | None,
+    overrides: dict[str, Any],
+    data_dir: Path | None,
+    layout: tuple[str | None, str | None, int, str],
+    address: str,
+    dry_run: bool,
+) -> None:
+    """`start --ray`: the same checks and study as `start`, the workers as Ray actors on the cluster."""
+    from lrsearch.fleet.ray_engine import check_layout, check_storage, plan_ray_workers, ray_cluster, run_ray_fleet
+    from lrsearch.review.progress import Progress
+    from lrsearch.store.storage import open_storage
+    from lrsearch.study.lifecycle import budget, create_or_resume
+
+    if address and Path(address).is_file():  # `--ray study.toml`: the option took the study file as its value
+        raise ConfigError(f"--ray {address}: that is a file; give --ray after the study file, or give it a value")
+    check_layout(*layout)  # a bad layout is refused before the database or the cluster is touched
+    plan = _resolve(storage, study_file, overrides, data_dir=data_dir, check_data=True)
+    definition = plan.definition
+    with ray_cluster(address) as cluster:
+        check_storage(storage, cluster)  # before a study is written
+        if dry_run:
+            finished = 0 if plan.study is None else budget(plan.study, definition.trials).finished
+            planned = plan_ray_workers(*layout, remaining=definition.trials - finished, cluster=cluster)
+            click.echo(f"dry run: nothing was run or written. Study '{definition.name}' in {mask_url(storage)}")
+            click.echo(f"Ray cluster: {cluster.describe()}; {len(planned)} workers:")
+            click.echo("\n".join(worker.describe() for worker in planned))
+            return
+        study = create_or_resume(plan.db or open_storage(storage), definition)
+        remaining = definition.trials - budget(study, definition.trials).finished
+        planned = plan_ray_workers(*layout, remaining=remaining, cluster=cluster)
+        progress = Progress(definition.trials, started=time.monotonic())
+        click.echo(
+            f"lrsearch: study '{study.study_name}' in {mask_url(storage)}, {definition.trials} trials, "
+            f"{len(planned)} workers on a Ray cluster of {cluster.describe()}",
+            err=True,
+        )
+        run_ray_fleet(
+            storage,
+            study.study_name,
+            planned,
+            cluster,
+            data_dir=data_dir,
+            on_trial=progress.trial_done,
+            echo=lambda line: click.echo(line, err=True),
+        )
     click.echo(progress.closing_line(), err=True)
     _echo_next_step(study.study_name, storage)
 

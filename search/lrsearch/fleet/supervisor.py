@@ -125,7 +125,7 @@ def plan_workers(
         return _gpu_specs(ids, per_gpu, workers, device, cores)
     if per_gpu != 1:
         raise ConfigError("--per-gpu needs --gpus (the GPU ids to put the workers on), e.g. --gpus 0,1 --per-gpu 2")
-    count = _worker_count(workers)
+    count = worker_count(workers)
     if count is None:  # auto
         if device in ("auto", "cuda") and gpu_count() > 0:
             return _gpu_specs(list(range(gpu_count())), 1, None, device, cores)
@@ -136,7 +136,7 @@ def plan_workers(
     return [WorkerSpec(i, device, threads_per_worker(count, cores)) for i in range(count)]
 
 
-def _worker_count(workers: str | None) -> int | None:
+def worker_count(workers: str | None) -> int | None:
     if workers is None:
         return 1
     if workers.strip().lower() == "auto":
@@ -152,7 +152,7 @@ def _worker_count(workers: str | None) -> int | None:
 
 def _gpu_specs(ids: list[int], per_gpu: int, workers: str | None, device: str, cores: int) -> list[WorkerSpec]:
     count = len(ids) * per_gpu
-    if workers is not None and workers.strip().lower() != "auto" and _worker_count(workers) != count:
+    if workers is not None and workers.strip().lower() != "auto" and worker_count(workers) != count:
         raise ConfigError(
             f"--workers {workers} does not match --gpus/--per-gpu ({len(ids)} GPUs x {per_gpu} = {count} "
             "workers); leave out --workers"
@@ -186,7 +186,7 @@ def prepare_data(storage_url: str, study_name: str, data_dir: Path | None) -> No
 
 
 @dataclass
-class _Watcher:
+class Watcher:
     """Reads the study for the parent's progress lines: each trial once, when it finishes."""
 
     study: optuna.Study
@@ -212,6 +212,13 @@ class _Watcher:
             if self.on_trial is not None:
                 self.on_trial(trial, state)
         return state
+
+    def poll_quietly(self) -> None:
+        """`poll`, with a failed read logged: progress lines only, the workers decide what a storage error means."""
+        try:
+            self.poll()
+        except Exception as e:
+            _logger.warning("progress: cannot read the study: %s", e)
 
 
 def _signal_workers(processes: list[subprocess.Popen[bytes]], number: int, signalled: set[int]) -> None:
@@ -263,7 +270,7 @@ def run_fleet(
     from lrsearch.study.lifecycle import load
 
     study = load(open_storage(storage_url, retry_seconds=settings.storage_retry_seconds()), study_name)[0]
-    watcher = _Watcher(study, on_trial)
+    watcher = Watcher(study, on_trial)
     if len(specs) > 1:
         prepare_data(storage_url, study_name, data_dir)
     processes: list[subprocess.Popen[bytes]] = []
@@ -299,7 +306,7 @@ def _spawn(storage_url: str, study_name: str, spec: WorkerSpec, data_dir: Path |
 def _supervise(
     processes: list[subprocess.Popen[bytes]],
     specs: Sequence[WorkerSpec],
-    watcher: _Watcher,
+    watcher: Watcher,
     stop: threading.Event,
     echo: Callable[[str], None],
     signalled: set[int],
@@ -319,20 +326,13 @@ def _supervise(
                 codes[index] = code
                 if code != 0 and not stop.is_set():
                     echo(f"{specs[index].describe()} (pid {process.pid}) {_exit(code)}; {_aftermath(code)}")
-        _poll_quietly(watcher)
+        watcher.poll_quietly()
         if stop_deadline is not None and time.monotonic() > stop_deadline:
             _kill(processes, echo)
     return [codes[i] for i in range(len(processes))]
 
 
-def _poll_quietly(watcher: _Watcher) -> None:
-    try:
-        watcher.poll()
-    except Exception as e:  # progress lines only: the workers decide what a storage error means
-        _logger.warning("progress: cannot read the study: %s", e)
-
-
-def _final_poll(watcher: _Watcher) -> Budget:
+def _final_poll(watcher: Watcher) -> Budget:
     return watcher.poll()
 
 

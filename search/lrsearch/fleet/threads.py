@@ -1,8 +1,7 @@
 """How a host's CPU cores are divided among its workers: one policy for `--workers auto` and the benchmarks.
 
-On a CPU the per-step work of a small model is too little to keep several cores busy: a 64 x 784 @ 784 x 128
-matmul takes ~0.2 ms, and splitting it among threads costs about as much as it saves. Whole trials in
-parallel scale instead, so `auto` runs one worker per core with one torch thread each (see
+On a CPU the per-step work of a small model is too little to keep several cores busy: splitting a step's
+small matmuls among threads costs about as much as it saves. Whole trials in parallel scale instead, so `auto` runs one worker per core with one torch thread each (see
 benchmarks/epoch_speed.py, which measures both).
 
     workers = auto_workers()                      # the number of processes for `--workers auto` on CPU

@@ -112,8 +112,8 @@ def _publish(trial: optuna.Trial, definition: StudyDefinition, record: TrialReco
 
 
 def _upload_artifacts(trial: optuna.Trial, folder: Path, record: TrialRecord, definition: StudyDefinition) -> list[str]:
-    """`trial-N-history.csv`, and for a complete trial `trial-N-curves.png` (about 0.3 s of matplotlib per
-    trial, so pruned ones have only the table, the curve attributes and the note)."""
+    """`trial-N-history.csv`, and for a complete trial `trial-N-curves.png` (a plot costs a noticeable
+    fraction of a second, so pruned ones have only the table, the curve attributes and the note)."""
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     folder.mkdir(parents=True, exist_ok=True)

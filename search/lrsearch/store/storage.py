@@ -103,8 +103,7 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
 
 def _postgres_connect_args(parsed: sqlalchemy.URL) -> dict[str, object]:
     """A connect timeout, and synchronous_commit=off for lrsearch's own sessions: a commit then returns before
-    the server has flushed its log to disk (one attribute write to a local server: about 9 ms -> 3 ms; see
-    benchmarks/storage_overhead.py for a whole trial). A crashed or killed worker still loses nothing; a crash of
+    the server has flushed its log to disk (benchmarks/storage_overhead.py measures what it saves). A crashed or killed worker still loses nothing; a crash of
     the server itself may lose the last fraction of a second of commits, never the database's consistency.
     Settings given in the URL (?connect_timeout=, ?options=) win."""
     args: dict[str, object] = {}
@@ -117,8 +116,8 @@ def _postgres_connect_args(parsed: sqlalchemy.URL) -> dict[str, object]:
 
 def _tune_sqlite(engine: Any) -> None:
     """WAL lets the dashboard read while workers write (the mode is kept in the database file). With WAL,
-    synchronous=NORMAL syncs at checkpoints instead of every commit: about 100 ms less storage time per trial
-    (benchmarks/storage_overhead.py). A crashed or killed process still loses nothing; a power cut or kernel
+    synchronous=NORMAL syncs at checkpoints instead of every commit (benchmarks/storage_overhead.py measures what
+    it saves). A crashed or killed process still loses nothing; a power cut or kernel
     crash may lose the last commits, never the database's consistency."""
     import sqlalchemy
 

@@ -15,6 +15,8 @@ from lrsearch.train.objective import Objective, TrainingData
 
 
 class Synthetic(Objective):
+    fast_mlp_step = True
+
     def __init__(self, *, samples: int = 2000, batch_size: int = 64, noise: float = 2.0):
         self.samples, self.batch_size, self.noise = samples, batch_size, noise
 

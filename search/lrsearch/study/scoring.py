@@ -14,7 +14,8 @@ class EpochSelector:
 
     An epoch is feasible when val_acc >= min_val and train_acc <= max_train. The result is the feasible epoch with
     the highest val_acc (the earliest on ties: fewer epochs to train); without one, the epoch with the smallest total
-    violation, so the sampler still learns how far off the trial was.
+    violation, so the sampler still learns how far off the trial was. An epoch whose loss diverged (NaN or inf)
+    violates one more constraint, by 1: whatever its accuracies, it ranks below every epoch that trained.
     """
 
     targets: Targets
@@ -40,6 +41,10 @@ class EpochSelector:
             "loss_finite": 1.0 if record.diverged else 0.0,
         }
 
+    def violation(self, record: EpochRecord) -> float:
+        """The total violation: the sum of the constraints' positive values (0 exactly when feasible)."""
+        return sum(self.violations(record)) + (1.0 if record.diverged else 0.0)
+
     @property
     def score(self) -> float:
         """The trial's result so far on one scale: val_acc when feasible (>= 0), minus the violation otherwise (< 0)."""
@@ -47,7 +52,7 @@ class EpochSelector:
 
     def add(self, record: EpochRecord) -> None:
         feasible = self.feasible(record)
-        key = (feasible, record.val_acc if feasible else -sum(self.violations(record)))
+        key = (feasible, record.val_acc if feasible else -self.violation(record))
         if key > self._key:
             self.chosen, self._key = record, key
         self.overfit_streak = self.overfit_streak + 1 if record.train_acc > self.targets.max_train else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import optuna
 
 from lrsearch.store.batching import shared_reads, write_trial
+from lrsearch.strategy.schedule import last_rise_epoch
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import dashboard_attrs
 from lrsearch.study.scoring import EpochSelector
@@ -54,10 +56,12 @@ class TrialRunner:
         with shared_reads(trial.study):  # one read of the trials for the whole sampling, one write of the params
             strategy = definition.space.sample(trial, definition.epochs)
         seed = retry_seed(trial, definition.seed)
+        batches = steps_per_epoch(self.data, self.objective.batch_size)
+        last_rise = functools.cache(functools.partial(last_rise_epoch, strategy, batches))
         started = {
             "seed": seed,
             "strategy": strategy.describe(),
-            "steps_per_epoch": steps_per_epoch(self.data, self.objective.batch_size),
+            "steps_per_epoch": batches,
             "device": str(self.data.train_inputs.device),
         }
         write_trial(trial, user_attrs={WORKER_ATTR: self.worker, **started} if self.worker else started)
@@ -80,10 +84,10 @@ class TrialRunner:
             if trial.should_prune():
                 self._finish(trial, selector, history, f"pruned after epoch {record.epoch}", complete=False)
                 raise optuna.TrialPruned(f"val_acc {record.val_acc:.4f} after epoch {record.epoch}")
-            if selector.should_stop():
+            if selector.should_stop(last_rise):
                 stop_reason = (
                     f"stopped after epoch {record.epoch}: train accuracy above "
-                    f"{definition.targets.max_train} for {selector.overfit_streak} epochs"
+                    f"{definition.targets.max_train} for {selector.overfit_streak} epochs, and the LR no longer rises"
                 )
                 break
         return self._finish(trial, selector, history, stop_reason, complete=True).val_acc

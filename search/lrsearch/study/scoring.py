@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lrsearch.study.targets import Targets
@@ -21,6 +22,7 @@ class EpochSelector:
     targets: Targets
     chosen: EpochRecord | None = None
     overfit_streak: int = 0  # epochs in a row with train_acc above max_train
+    epoch: int = 0  # the last epoch added
     _key: tuple[bool, float] = field(default=(False, float("-inf")))
 
     def feasible(self, record: EpochRecord) -> bool:
@@ -56,8 +58,17 @@ class EpochSelector:
         if key > self._key:
             self.chosen, self._key = record, key
         self.overfit_streak = self.overfit_streak + 1 if record.train_acc > self.targets.max_train else 0
+        self.epoch = record.epoch
 
-    def should_stop(self) -> bool:
-        """True once training accuracy has stayed above the ceiling for `overfit_patience` epochs."""
+    def should_stop(self, last_rise: Callable[[], int]) -> bool:
+        """True once training accuracy has stayed above the ceiling for `overfit_patience` epochs in a row (0: never)
+        and the LR cannot rise any more: `last_rise()`, the last epoch in which the schedule raises the LR (see
+        lrsearch.strategy.schedule.last_rise_epoch), is at most the last epoch added. It is called only then.
+
+        The stop assumes that under an LR that only stays or falls, a model above the ceiling for that long stays
+        above it, so no later epoch is feasible. A rising LR (a warmup, OneCycleLR before its peak, CyclicLR,
+        CosineAnnealingWarmRestarts) can knock the training accuracy back under the ceiling: such a trial trains on
+        at least until its last rise.
+        """
         patience = self.targets.overfit_patience
-        return patience > 0 and self.overfit_streak >= patience
+        return patience > 0 and self.overfit_streak >= patience and last_rise() <= self.epoch

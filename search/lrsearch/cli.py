@@ -143,13 +143,14 @@ def start(
     if dry_run:
         _echo_plan(storage, plan, layout)
         return
-    definition = plan.definition
+    definition, loaded = plan.definition, plan.loaded
     study = create_or_resume(plan.db or open_storage(storage), definition)
+    del plan  # its data, if any, is kept for the worker in this process only
     specs = plan_workers(*layout, remaining=definition.trials - budget(study, definition.trials).finished)
     if len(specs) == 1 and specs[0].gpu is None:
-        _run_start(storage, study.study_name, definition.trials, specs[0].device, data_dir)
+        _run_start(storage, study.study_name, definition.trials, specs[0].device, data_dir, loaded)
     else:
-        _run_fleet(storage, study, definition.trials, data_dir, specs)
+        _run_fleet(storage, study, definition.trials, data_dir, specs, data_ready=loaded is not None)
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ class _Plan:
     definition: Any  # StudyDefinition
     db: Any  # the opened storage; None for a new SQLite file, which is created only when the study is
     study: Any  # the stored optuna.Study, or None for a new study
+    loaded: Any = None  # a new study's (objective, data on the CPU) as `start` checked them; None otherwise
 
 
 def _resolve(
@@ -198,18 +200,21 @@ def _resolve(
     else:
         # A study is created only once its objective (and, for `start`, its data) is known to load: a bad
         # module:attr or a missing data folder leaves no empty study behind.
-        _check_objective(definition, data_dir, check_data=check_data)
+        return _Plan(definition, db, study, _check_objective(definition, data_dir, check_data=check_data))
     return _Plan(definition, db, study)
 
 
-def _check_objective(definition: Any, data_dir: Path | None, *, check_data: bool) -> None:
+def _check_objective(definition: Any, data_dir: Path | None, *, check_data: bool) -> tuple[Any, Any] | None:
+    """The objective and (with `check_data`) its data on the CPU, loaded as a worker would: errors say what is
+    wrong. What was loaded serves the worker that `start` runs in its own process."""
     from lrsearch.train.objective import load_data, load_objective
 
     objective = load_objective(definition.objective, definition.objective_options)
-    if check_data:
-        import torch
+    if not check_data:
+        return None
+    import torch
 
-        load_data(objective, definition.objective, torch.device("cpu"), data_dir)
+    return objective, load_data(objective, definition.objective, torch.device("cpu"), data_dir)
 
 
 def _echo_plan(storage: str, plan: _Plan, layout: tuple[str | None, str | None, int, str]) -> None:
@@ -228,13 +233,15 @@ def _echo_plan(storage: str, plan: _Plan, layout: tuple[str | None, str | None, 
     click.echo("definition (every default written out):\n" + json.dumps(definition.to_table(), indent=2))
 
 
-def _run_start(storage: str, study_name: str, total: int, device: str, data_dir: Path | None) -> None:
+def _run_start(
+    storage: str, study_name: str, total: int, device: str, data_dir: Path | None, loaded: tuple[Any, Any] | None
+) -> None:
     from lrsearch.fleet.worker import run_worker
     from lrsearch.review.progress import Progress
 
     progress = Progress(total, started=time.monotonic())
     click.echo(f"lrsearch: study '{study_name}' in {mask_url(storage)}, {total} trials", err=True)
-    run_worker(storage, study_name, device=device, data_dir=data_dir, on_trial=progress.trial_done)
+    run_worker(storage, study_name, device=device, data_dir=data_dir, on_trial=progress.trial_done, loaded=loaded)
     click.echo(progress.closing_line(), err=True)
     _echo_next_step(study_name, storage)
 
@@ -243,7 +250,9 @@ def _echo_next_step(study_name: str, storage: str) -> None:
     click.echo(f"see the result: lrsearch best --study-name {study_name} --storage {mask_url(storage)}", err=True)
 
 
-def _run_fleet(storage: str, study: Any, total: int, data_dir: Path | None, specs: list[Any]) -> None:
+def _run_fleet(
+    storage: str, study: Any, total: int, data_dir: Path | None, specs: list[Any], *, data_ready: bool
+) -> None:
     from lrsearch.fleet.supervisor import run_fleet
     from lrsearch.review.progress import Progress
 
@@ -256,6 +265,7 @@ def _run_fleet(storage: str, study: Any, total: int, data_dir: Path | None, spec
         study.study_name,
         specs,
         data_dir=data_dir,
+        data_ready=data_ready,
         on_trial=progress.trial_done,
         echo=lambda line: click.echo(line, err=True),
     )

@@ -250,10 +250,14 @@ def run_fleet(
     specs: Sequence[WorkerSpec],
     *,
     data_dir: Path | None = None,
+    data_ready: bool = False,
     on_trial: Callable[[FrozenTrial, Budget], None] | None = None,
     echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> Budget:
     """Run the workers until they have spent the study's budget; returns the final count.
+
+    `data_ready`: the objective's data was just read on this host (by `start`'s check of a new study), so none
+    is missing: the workers need not wait for this process to download it.
 
     Raises KeyboardInterrupt after a signal (workers stopped cleanly), FleetError when the workers ended but
     the budget was not spent (e.g. the objective raised in every worker).
@@ -263,7 +267,7 @@ def run_fleet(
 
     study = load(open_storage(storage_url, retry_seconds=STORAGE_RETRY_SECONDS), study_name)[0]
     watcher = _Watcher(study, on_trial)
-    if len(specs) > 1:
+    if len(specs) > 1 and not data_ready:
         prepare_data(storage_url, study_name, data_dir)
     processes: list[subprocess.Popen[bytes]] = []
     stop, signalled = threading.Event(), set[int]()

@@ -5,6 +5,7 @@ Used by tests as `synthetic_objective:Synthetic` (the tests folder is on the imp
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -49,3 +50,16 @@ class SlowSynthetic(Synthetic):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         time.sleep(self.step_seconds)
         return super().loss(outputs, targets)
+
+
+class Counted(Synthetic):
+    """Synthetic that appends the loading process's id to the file `log` each time its data is loaded."""
+
+    def __init__(self, *, log: str, samples: int = 2000, batch_size: int = 64, noise: float = 2.0):
+        super().__init__(samples=samples, batch_size=batch_size, noise=noise)
+        self.log = log
+
+    def load_data(self, device: torch.device, data_dir: Path | None) -> TrainingData:
+        with open(self.log, "a", encoding="utf-8") as file:
+            file.write(f"{os.getpid()}\n")
+        return super().load_data(device, data_dir)

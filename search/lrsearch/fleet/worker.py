@@ -289,6 +289,8 @@ def _make_runner(
     threads: int | None,
     loaded: tuple[Objective, TrainingData] | None = None,
 ) -> TrialRunner:
+    import torch._dynamo  # noqa: F401  # torch.optim imports it at the first step: not inside the first epoch's time
+
     threads = threads or int(os.environ.get(THREADS_ENV, "0") or 0)
     if threads > 0:
         set_torch_threads(threads)  # `start` divides the cores among its workers

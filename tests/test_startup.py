@@ -68,3 +68,30 @@ def test_the_stored_definition_is_parsed_once_per_text(
     create_or_resume(open_storage(sqlite_url), definition.with_overrides(trials=6))  # start --trials 6
     assert [stored_total(study) for _ in range(3)] == [6] * 3
     assert len(parsed) == 2
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:  # it ended meanwhile
+            pass
+    return found
+
+
+def test_workers_started_during_the_check_of_a_broken_objective_are_stopped(
+    tmp_path: Path, sqlite_url: str, subprocess_env: dict[str, str]
+) -> None:
+    # With several workers, start starts them while it checks a new study's objective and data; when the check
+    # fails no study is made, and those workers end without having touched the database.
+    log, name = tmp_path / "loads.txt", f"broken-{tmp_path.name}"
+    objective = f'[objective]\nname = "synthetic_objective:Counted"\nlog = "{log}"\nsamples = "many"\n'
+    study = write_study(tmp_path, objective, name=name, trials=2, epochs=1)
+    command = [sys.executable, "-m", "lrsearch", "start", str(study), "--storage", sqlite_url, "--workers", "2"]
+    result = subprocess.run(command, env=subprocess_env, capture_output=True, text=True)
+    assert result.returncode != 0 and "could not load its data" in result.stderr, result.stderr
+    assert not (tmp_path / "study.db").exists()
+    assert len(log.read_text(encoding="utf-8").split()) == 1  # only start's check loaded it
+    assert _processes_naming(name) == []

@@ -7,8 +7,9 @@ intermediate value, or a finished trial for an epoch that diverged).
 
 - small: --trials 2 --epochs 1, with --workers 1 and with --workers 2: seconds from the start of the
   subprocess to the end of the first epoch ("first epoch"); the same less that epoch's own training seconds
-  ("start-up"); to the end of the command ("end"); CPU seconds of the command and its workers ("CPU", the figure
-  that load from other processes moves least);
+  ("start-up"); to the end of the command ("end"); CPU seconds of the command and its workers, in all ("CPU") and
+  up to the first epoch's result ("CPU 1st ep"): the figures that load from other processes moves least, with
+  --threads 1 (several threads spin while they wait for a busy core);
 - study (--study): --trials 16 --epochs 4 with --workers 2: wall time, and the share of it spent outside
   training = 1 - (sum of all epochs' training seconds, from the trials' `history`) / (workers x wall time).
 
@@ -48,6 +49,7 @@ class Run:
     training: float  # sum of all epochs' training seconds
     epoch_one: float  # training seconds of the first trial's first epoch
     cpu: float  # CPU seconds (user + system) of the command and all its worker processes
+    cpu_first: float  # the same, up to the first epoch's result
 
     @property
     def startup(self) -> float:
@@ -74,6 +76,25 @@ def first_result(db: Path) -> bool:
     return bool(reported or finished)
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by process `root` and its descendants (Linux /proc)."""
+    parents, used = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        pid = int(entry.name)
+        parents[pid], used[pid] = int(fields[1]), int(fields[11]) + int(fields[12])  # ppid, utime + stime
+    tree, changed = {root}, True
+    while changed:
+        grown = tree | {pid for pid, parent in parents.items() if parent in tree}
+        changed, tree = grown != tree, grown
+    return sum(used.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
 def training_seconds(db: Path) -> tuple[float, float]:
     """All epochs' training seconds, and those of the first epoch of the first trial."""
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -88,10 +109,12 @@ def training_seconds(db: Path) -> tuple[float, float]:
     return sum(epoch["seconds"] for history in histories for epoch in history), histories[0][0]["seconds"]
 
 
-def run_start(source: Path, data_dir: str | None, trials: int, epochs: int, workers: int) -> Run:
+def run_start(source: Path, data_dir: str | None, trials: int, epochs: int, workers: int, threads: int) -> Run:
     with tempfile.TemporaryDirectory(prefix="lrsearch-startup-") as folder:
         db = Path(folder) / "study.db"
         env = dict(os.environ, PYTHONPATH=python_path(source))
+        if threads:
+            env.update(LRSEARCH_TORCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
         if data_dir is not None:
             env["LRSEARCH_DATA_DIR"] = data_dir
         command = [sys.executable, "-m", "lrsearch", "start", "--storage", f"sqlite:///{db}"]
@@ -99,10 +122,11 @@ def run_start(source: Path, data_dir: str | None, trials: int, epochs: int, work
         cpu_before = _children_cpu()
         started = time.perf_counter()
         process = subprocess.Popen(command, env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        first = None
+        first, cpu_first = None, 0.0
         while process.poll() is None:
             if first is None and first_result(db):
                 first = time.perf_counter() - started
+                cpu_first = tree_cpu(process.pid)
             time.sleep(POLL)
         wall = time.perf_counter() - started
         cpu = _children_cpu() - cpu_before  # the workers were waited for by the command, so they count too
@@ -110,7 +134,7 @@ def run_start(source: Path, data_dir: str | None, trials: int, epochs: int, work
         if process.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr}")
         training, epoch_one = training_seconds(db)
-        return Run(first if first is not None else wall, wall, training, epoch_one, cpu)
+        return Run(first if first is not None else wall, wall, training, epoch_one, cpu, cpu_first or cpu)
 
 
 def _children_cpu() -> float:
@@ -124,6 +148,9 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, help="source tree of the baseline (holding search/, objectives/)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--study", action="store_true", help="also the 16-trial, 4-epoch study with 2 workers")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads of every worker (default: lrsearch's own choice)"
+    )
     args = parser.parse_args()
 
     sources = {"current": HERE}
@@ -134,22 +161,22 @@ def main() -> None:
         cases.append(("16 trials x 4 epochs, --workers 2", 16, 4, 2))
     print(f"load average before: {load_average()}")
     for source in sources.values():  # not timed: compiles the sources' bytecode, warms the file cache
-        run_start(source, args.data_dir, 1, 1, 1)
+        run_start(source, args.data_dir, 1, 1, 1, args.threads)
     results: dict[tuple[str, str], list[Run]] = {}
     for _ in range(args.rounds):
         for label, trials, epochs, workers in cases:
             for name, source in sources.items():  # interleaved: a burst of load hits both alike
-                results.setdefault((label, name), []).append(run_start(source, args.data_dir, trials, epochs, workers))
+                run = run_start(source, args.data_dir, trials, epochs, workers, args.threads)
+                results.setdefault((label, name), []).append(run)
     print(f"load average after: {load_average()}; medians of {args.rounds} rounds, seconds")
-    columns = ("first epoch", "start-up", "end", "CPU")
+    columns = ("first epoch", "start-up", "end", "CPU", "CPU 1st ep")
     print(f"{'':34} {'':9} " + " ".join(f"{c:>11}" for c in columns) + "  outside training")
     for label, _trials, _epochs, workers in cases:
         figures = {}
         for name in sources:
             runs = results[(label, name)]
-            figures[name] = [
-                statistics.median(getattr(r, attr) for r in runs) for attr in ("first_epoch", "startup", "wall", "cpu")
-            ]
+            attrs = ("first_epoch", "startup", "wall", "cpu", "cpu_first")
+            figures[name] = [statistics.median(getattr(r, attr) for r in runs) for attr in attrs]
             outside = statistics.median(1 - r.training / (workers * r.wall) for r in runs)
             print(f"{label:34} {name:9} " + " ".join(f"{x:11.2f}" for x in figures[name]) + f"  {outside:16.0%}")
         if "baseline" in figures:

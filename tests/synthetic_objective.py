@@ -5,6 +5,7 @@ Used by tests as `synthetic_objective:Synthetic` (the tests folder is on the imp
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from lrsearch.train.objective import Objective, TrainingData
 
 
 class Synthetic(Objective):
+    fast_mlp_step = True
+
     def __init__(self, *, samples: int = 2000, batch_size: int = 64, noise: float = 2.0):
         self.samples, self.batch_size, self.noise = samples, batch_size, noise
 
@@ -78,3 +81,16 @@ class GreedySynthetic(Synthetic):
         while self.models == 1:
             held.append(torch.empty(1 << 30, dtype=torch.uint8, device="cuda"))
         return super().make_model()
+
+
+class Counted(Synthetic):
+    """Synthetic that appends the loading process's id to the file `log` each time its data is loaded."""
+
+    def __init__(self, *, log: str, samples: int = 2000, batch_size: int = 64, noise: float = 2.0):
+        super().__init__(samples=samples, batch_size=batch_size, noise=noise)
+        self.log = log
+
+    def load_data(self, device: torch.device, data_dir: Path | None) -> TrainingData:
+        with open(self.log, "a", encoding="utf-8") as file:
+            file.write(f"{os.getpid()}\n")
+        return super().load_data(device, data_dir)

@@ -226,6 +226,8 @@ def test_the_worker_command_line_is_one_the_cli_accepts(tmp_path: Path) -> None:
     context = parse_command_line(command[3:])
     assert context.params["study_name"] == "my study" and context.params["device"] == "cuda"
     assert context.params["quiet"] and context.params["data_dir"] == tmp_path
+    held = parse_command_line(worker_command("my study", spec, None, held=True)[3:])
+    assert held.params["wait_for_go"] and not context.params["wait_for_go"]
     with pytest.raises(click.UsageError):
         parse_command_line(["worker", "--no-such-option"])
 

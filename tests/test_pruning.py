@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -113,3 +116,34 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 25) == 2.0
     assert percentile([7.0], 25) == 7.0
     assert (percentile([1.0, 9.0], 0), percentile([1.0, 9.0], 100)) == (1.0, 9.0)
+
+
+def diverged(history: list[dict[str, float]], val: float, train: float) -> list[dict[str, float]]:
+    """`history` and then an epoch whose training loss became NaN (its validation loss inf), with these accuracies."""
+    last = {**epochs((val, train))[0], "epoch": len(history) + 1, "train_loss": math.nan, "val_loss": math.inf}
+    return [*history, last]
+
+
+def test_a_diverged_epoch_never_scores_as_feasible_in_the_replay(tmp_path: Path) -> None:
+    # Trials that were infeasible, then diverged in epoch 3 while their accuracies happened to be within the
+    # targets: their result is still their best epoch that trained (val 0.6), not "violation 0".
+    blew_up = diverged(epochs((0.5, 0.5), (0.6, 0.6)), val=0.92, train=0.93)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", direction="maximize")
+    for _ in range(5):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.COMPLETE,
+                value=0.6,
+                intermediate_values={1: 0.5, 2: 0.6},
+                user_attrs={"history": blew_up},
+            )
+        )
+    stored = study.get_trials()[0]
+    assert math.isnan(stored.user_attrs["history"][-1]["train_loss"])  # NaN went through the JSON and back
+    pruner = FeasiblePercentilePruner(TARGETS)
+    assert pruner.score(stored, 3) == pruner.score(stored, 2) == pytest.approx(-0.3)
+    # A trial that trains, near the targets: above those that diverged, so not pruned.
+    assert not pruner.prune(study, running(epochs((0.85, 0.85), (0.86, 0.86), (0.87, 0.87))))
+    # One that diverged scores below every epoch that trained.
+    assert pruner.score(running(blew_up[2:]), 1) is not None
+    assert pruner.score(running(blew_up[2:]), 1) < -0.95  # type: ignore[operator]

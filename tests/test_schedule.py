@@ -10,7 +10,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from lrsearch.strategy.optimizers import OPTIMIZERS
-from lrsearch.strategy.schedule import Schedule
+from lrsearch.strategy.schedule import Schedule, last_rise_epoch
 from lrsearch.strategy.schedulers import SCHEDULERS, StepUnit
 from lrsearch.strategy.strategy import LRStrategy
 
@@ -281,3 +281,24 @@ def test_a_step_before_the_optimizer_step_would_fail_these_tests(family: str, wa
     with pytest.warns(UserWarning, match=r"lr_scheduler.step\(\)` before `optimizer.step\(\)`"):
         schedule.after_batch()
         schedule.after_epoch(1.0)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "params", "warmup", "last"),
+    [
+        ("constant", {}, 0, 0),
+        ("step", {"step_size": 1, "gamma": 0.5}, 0, 0),
+        ("cosine", {"min_factor": 0.01}, 0, 0),
+        ("polynomial", {"power": 2.0}, 0, 0),
+        ("plateau", {"factor": 0.5, "patience": 0}, 0, 0),
+        ("cosine", {"min_factor": 0.01}, 2, 3),  # the warmup's last step up is the first epoch at the peak
+        ("cosine_restarts", {"T_0": 2, "T_mult": 2, "min_factor": 0.01}, 0, 7),  # restarts after epochs 2 and 6
+        ("cosine_restarts", {"T_0": 1, "T_mult": 1, "min_factor": 0.01}, 0, 0),  # restarts every epoch: constant
+        ("onecycle", {"pct_start": 0.3, "div_factor": 10.0, "final_div_factor": 100.0, "anneal_strategy": "cos"}, 0, 3),
+        ("cyclic", {"ratio": 10.0, "cycle_epochs": 4.0, "mode": "triangular"}, 0, 7),  # peaks at steps 20 and 60
+        ("cyclic", {"ratio": 10.0, "cycle_epochs": 3.0, "mode": "triangular2"}, 1, 8),
+    ],
+)
+def test_last_rise_epoch(scheduler: str, params: dict[str, object], warmup: int, last: int) -> None:
+    strategy = LRStrategy("sgd", 0.1, scheduler, 8, {}, params, warmup_epochs=warmup, warmup_start_factor=0.1)
+    assert last_rise_epoch(strategy, 10) == last

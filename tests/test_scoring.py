@@ -39,7 +39,7 @@ def chosen_epoch(pairs: list[tuple[float, float]], targets: Targets = TARGETS) -
 
 def test_nothing_chosen_before_any_epoch() -> None:
     selector = EpochSelector(TARGETS)
-    assert selector.chosen is None and selector.overfit_streak == 0 and not selector.should_stop()
+    assert selector.chosen is None and selector.overfit_streak == 0 and not selector.should_stop(lambda: 0)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_should_stop(patience: int, train_accs: list[float], stops: list[bool]) 
     seen = []
     for epoch, train_acc in enumerate(train_accs, start=1):
         selector.add(record(epoch, 0.92, train_acc))
-        seen.append(selector.should_stop())
+        seen.append(selector.should_stop(lambda: 0))
     assert seen == stops
 
 
@@ -159,3 +159,19 @@ def test_a_diverged_epoch_is_never_feasible() -> None:
     # Optuna agrees: a diverged epoch with good accuracies still violates a constraint.
     assert selector.constraints(diverged)["loss_finite"] == 1.0
     assert not all(v <= 0 for v in selector.constraints(diverged).values())
+
+
+def test_should_stop_waits_for_the_last_rise_of_the_lr() -> None:
+    selector = EpochSelector(Targets(min_val=0.9, max_train=0.95, overfit_patience=2))
+    asked = []
+
+    def last_rise() -> int:
+        asked.append(selector.epoch)
+        return 4
+
+    stops = []
+    for epoch in range(1, 7):
+        selector.add(record(epoch, 0.92, 0.99))
+        stops.append(selector.should_stop(last_rise))
+    assert stops == [False, False, False, True, True, True]
+    assert asked[0] == 2  # asked only once the streak is long enough

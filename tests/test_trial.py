@@ -95,3 +95,34 @@ def test_a_retried_trial_keeps_its_seed() -> None:
     again = run(SGD, enqueue={"params": params, "user_attrs": {"seed": 12345}})
     assert first.user_attrs["seed"] == 12345
     assert first.user_attrs["history"][0]["train_loss"] == again.user_attrs["history"][0]["train_loss"]
+
+
+SCHEDULES = {
+    # (family's params, warmup epochs): epochs trained with the training accuracy above the ceiling from epoch 1
+    "step": ({"step.step_size": 1, "step.gamma": 0.5}, 0, 2),
+    "cosine": ({"cosine.min_factor": 0.01}, 0, 2),
+    "plateau": ({"plateau.factor": 0.5, "plateau.patience": 0}, 0, 2),
+    # 10 steps an epoch, cycles of 30: the LR peaks at steps 15 and 45 (epochs 2 and 5)
+    "cyclic": ({"cyclic.ratio": 10.0, "cyclic.cycle_epochs": 3.0, "cyclic.mode": "triangular"}, 0, 5),
+    # restarts after epochs 2 and 4
+    "cosine_restarts": (
+        {"cosine_restarts.T_0": 2, "cosine_restarts.T_mult": 1, "cosine_restarts.min_factor": 0.01},
+        0,
+        5,
+    ),
+    # a warmup of 3 epochs: the LR rises until epoch 4, where cosine starts from the peak
+    "warmup, then cosine": ({"cosine.min_factor": 0.01, "warmup.start_factor": 0.1}, 3, 4),
+}
+
+
+@pytest.mark.parametrize("family", SCHEDULES)
+def test_an_overfitting_trial_is_not_stopped_while_its_lr_will_rise_again(family: str) -> None:
+    params, warmup, trained = SCHEDULES[family]
+    scheduler = family.split(", then ")[-1]
+    space = {**SGD, "schedulers": [scheduler], "warmup": {"epochs": [0, 3]}}
+    enqueued = {"optimizer": "sgd", "lr": 0.05, "sgd.momentum": 0.9, "scheduler": scheduler, **params}
+    trial = run(space, targets={"max_train": 0.0, "overfit_patience": 2}, epochs=6,
+                enqueue={"params": {**enqueued, "warmup.epochs": warmup}})  # fmt: skip
+    assert trial.params["scheduler"] == scheduler and trial.params["warmup.epochs"] == warmup
+    assert len(trial.user_attrs["history"]) == trained
+    assert trial.user_attrs["stop_reason"].startswith(f"stopped after epoch {trained}: train accuracy above 0.0")

@@ -6,6 +6,7 @@ make_model), point the study file's [objective] name at `your_module:YourClass`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -31,6 +32,8 @@ class MnistMLP(Objective):
     "holdout" (the last 10k training images; training uses the first 50k); `train_samples` keeps only the first N
     training images (0: all), for quick studies.
     """
+
+    fast_mlp_step = True  # a plain MLP under the default loss: remove this line if you change either
 
     def __init__(self, *, validation: str = "test", train_samples: int = 0, batch_size: int = 64):
         if validation not in ("test", "holdout"):
@@ -65,30 +68,53 @@ def _pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 def read_mnist(data_dir: Path | None, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST images and labels as tensors, read with torchvision (which downloads them when they are absent).
+    """MNIST images and labels as tensors, from torchvision's layout (`MNIST/raw/` under `data_dir`).
 
-    `data_dir` is torchvision's root (holding MNIST/raw/); a folder that holds the raw files directly works too.
+    Files that are there are read directly (importing torchvision costs more than reading them); when they are
+    absent torchvision downloads them. `data_dir` is torchvision's root (holding MNIST/raw/); a folder that holds
+    the raw files directly works too.
     """
-    from torchvision.datasets import MNIST
-
     root = resolve_root(data_dir)
+    raw = root / "MNIST" / "raw"
+    prefix = "train" if train else "t10k"
+    paths = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
     try:
-        dataset = MNIST(str(root), train=train, download=True)  # skipped when the files are there
+        if not all(path.is_file() for path in paths):
+            _download(root, train=train)
+        images, labels = _read_idx(paths[0], dims=3), _read_idx(paths[1], dims=1)
     except Exception as e:  # torchvision raises RuntimeError, OSError, ValueError... on missing or broken files
         raise DataError(
-            f"cannot read or download MNIST in {root / 'MNIST' / 'raw'} ({type(e).__name__}: {e}). Put the files "
+            f"cannot read or download MNIST in {raw} ({type(e).__name__}: {e}). Put the files "
             f"{', '.join(MNIST_FILES)} there (torchvision's layout, as downloaded by torchvision.datasets.MNIST), "
             "or point --data-dir / LRSEARCH_DATA_DIR at the folder that holds MNIST/raw/"
         ) from e
-    images, labels = dataset.data, dataset.targets
     expected = 60_000 if train else 10_000
     if images.shape != (expected, 28, 28) or labels.shape != (expected,):
         raise DataError(
-            f"MNIST in {root / 'MNIST' / 'raw'} has images {tuple(images.shape)} and labels "
+            f"MNIST in {raw} has images {tuple(images.shape)} and labels "
             f"{tuple(labels.shape)}; expected ({expected}, 28, 28) and ({expected},): the files are "
             "truncated or not MNIST; replace them"
         )
-    return images, labels
+    return images, labels.long()
+
+
+def _download(root: Path, *, train: bool) -> None:
+    from torchvision.datasets import MNIST
+
+    MNIST(str(root), train=train, download=True)
+
+
+def _read_idx(path: Path, *, dims: int) -> torch.Tensor:
+    """An IDX file of unsigned bytes (MNIST's format): a 4-byte magic number (0, 0, 8, dims), the dims' sizes as
+    big-endian 32-bit integers, then the data."""
+    data = path.read_bytes()
+    header = 4 + 4 * dims
+    if len(data) < header or data[:4] != bytes((0, 0, 8, dims)):
+        raise ValueError(f"{path.name} is not an IDX file of {dims}-dimensional unsigned bytes")
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    if len(data) != header + math.prod(shape):
+        raise ValueError(f"{path.name} holds {len(data) - header} bytes of data; its header promises {shape}")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(shape)
 
 
 def resolve_root(data_dir: Path | None) -> Path:

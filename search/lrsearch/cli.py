@@ -158,7 +158,7 @@ def start(
     default study (studies/mnist.toml). With --workers or --gpus the trials run in several processes; more
     can join from any host with `lrsearch worker`.
     """
-    from lrsearch.fleet.supervisor import plan_workers
+    from lrsearch.fleet.supervisor import plan_workers, spawn_held, stop_held
     from lrsearch.fleet.worker import pick_device
     from lrsearch.store.storage import open_storage
     from lrsearch.study.lifecycle import budget, create_or_resume
@@ -171,17 +171,29 @@ def start(
     plan_workers(*layout, remaining=sys.maxsize)  # a bad layout is refused before the database is touched
     if gpus is None:
         pick_device(device)  # a device this host does not have, before a study is made for it
-    plan = _resolve(storage, study_file, overrides, data_dir=data_dir, check_data=True)
+    plan = _resolve(storage, study_file, overrides, data_dir=data_dir, check_data=True, check=dry_run)
     if dry_run:
         _echo_plan(storage, plan, layout)
         return
-    definition = plan.definition
-    study = create_or_resume(plan.db or open_storage(storage), definition)
-    specs = plan_workers(*layout, remaining=definition.trials - budget(study, definition.trials).finished)
-    if len(specs) == 1 and specs[0].gpu is None:
-        _run_start(storage, study.study_name, definition.trials, specs[0].device, data_dir)
+    definition, new = plan.definition, plan.study is None
+    finished = 0 if new else budget(plan.study, definition.trials).finished
+    specs = plan_workers(*layout, remaining=definition.trials - finished)
+    in_process = len(specs) == 1 and specs[0].gpu is None
+    # The workers of a new study start while it is checked: their imports overlap the check.
+    held = spawn_held(storage, definition.name, specs, data_dir) if new and not in_process else []
+    try:
+        # A study is created only once its objective and its data are known to load: a bad module:attr or a
+        # missing data folder leaves no empty study behind.
+        loaded = _check_objective(definition, data_dir, check_data=True) if new else None
+        study = create_or_resume(plan.db or open_storage(storage), definition)
+    except BaseException:
+        stop_held(held)
+        raise
+    del plan
+    if in_process:
+        _run_start(storage, study.study_name, definition.trials, specs[0].device, data_dir, loaded)
     else:
-        _run_fleet(storage, study, definition.trials, data_dir, specs)
+        _run_fleet(storage, study, definition.trials, data_dir, specs, data_ready=loaded is not None, held=held)
 
 
 @dataclass(frozen=True)
@@ -200,10 +212,12 @@ def _resolve(
     *,
     data_dir: Path | None = None,
     check_data: bool = False,
+    check: bool = True,
 ) -> _Plan:
     """Check everything that can be wrong before a study is written: the study file and the flags, a stored
-    definition they must match, and for a new study its objective (and, for `start`, its data). A new SQLite
-    database is not even created: a refused command leaves no file behind."""
+    definition they must match, and for a new study its objective (and, for `start`, its data; `check` False:
+    the caller checks them). A new SQLite database is not even created: a refused command leaves no file
+    behind."""
     from lrsearch.store.storage import open_storage
     from lrsearch.store.urls import is_new_database
     from lrsearch.study.definition import default_study_file, load_study_file
@@ -227,21 +241,24 @@ def _resolve(
         check_resumable(stored, definition)
     elif problem is not None:
         raise problem
-    else:
+    elif check:
         # A study is created only once its objective (and, for `start`, its data) is known to load: a bad
         # module:attr or a missing data folder leaves no empty study behind.
         _check_objective(definition, data_dir, check_data=check_data)
     return _Plan(definition, db, study)
 
 
-def _check_objective(definition: Any, data_dir: Path | None, *, check_data: bool) -> None:
+def _check_objective(definition: Any, data_dir: Path | None, *, check_data: bool) -> tuple[Any, Any] | None:
+    """The objective and (with `check_data`) its data on the CPU, loaded as a worker would: errors say what is
+    wrong. What was loaded serves the worker that `start` runs in its own process."""
     from lrsearch.train.objective import load_data, load_objective
 
     objective = load_objective(definition.objective, definition.objective_options)
-    if check_data:
-        import torch
+    if not check_data:
+        return None
+    import torch
 
-        load_data(objective, definition.objective, torch.device("cpu"), data_dir)
+    return objective, load_data(objective, definition.objective, torch.device("cpu"), data_dir)
 
 
 def _echo_plan(storage: str, plan: _Plan, layout: tuple[str | None, str | None, int, str]) -> None:
@@ -260,13 +277,15 @@ def _echo_plan(storage: str, plan: _Plan, layout: tuple[str | None, str | None, 
     click.echo("definition (every default written out):\n" + json.dumps(definition.to_table(), indent=2))
 
 
-def _run_start(storage: str, study_name: str, total: int, device: str, data_dir: Path | None) -> None:
+def _run_start(
+    storage: str, study_name: str, total: int, device: str, data_dir: Path | None, loaded: tuple[Any, Any] | None
+) -> None:
     from lrsearch.fleet.worker import run_worker
     from lrsearch.review.progress import Progress
 
     progress = Progress(total, started=time.monotonic())
     click.echo(f"lrsearch: study '{study_name}' in {mask_url(storage)}, {total} trials", err=True)
-    run_worker(storage, study_name, device=device, data_dir=data_dir, on_trial=progress.trial_done)
+    run_worker(storage, study_name, device=device, data_dir=data_dir, on_trial=progress.trial_done, loaded=loaded)
     click.echo(progress.closing_line(), err=True)
     _echo_next_step(study_name, storage)
 
@@ -275,7 +294,9 @@ def _echo_next_step(study_name: str, storage: str) -> None:
     click.echo(f"see the result: lrsearch best --study-name {study_name} --storage {mask_url(storage)}", err=True)
 
 
-def _run_fleet(storage: str, study: Any, total: int, data_dir: Path | None, specs: list[Any]) -> None:
+def _run_fleet(
+    storage: str, study: Any, total: int, data_dir: Path | None, specs: list[Any], *, data_ready: bool, held: Any
+) -> None:
     from lrsearch.fleet.supervisor import run_fleet
     from lrsearch.review.progress import Progress
 
@@ -288,6 +309,8 @@ def _run_fleet(storage: str, study: Any, total: int, data_dir: Path | None, spec
         study.study_name,
         specs,
         data_dir=data_dir,
+        data_ready=data_ready,
+        held=held,
         on_trial=progress.trial_done,
         echo=lambda line: click.echo(line, err=True),
     )
@@ -380,9 +403,16 @@ def create(study_file: Path | None, storage: str, **overrides: Any) -> None:
     help="torch CPU threads of this worker (default: env LRSEARCH_TORCH_THREADS, else torch's own choice)",
 )
 @click.option("--quiet", is_flag=True, help="No line per trial (the workers of `start` run quiet).")
+@click.option("--wait-for-go", is_flag=True, hidden=True, help="Import torch, then wait for 'go' on stdin (start).")
 @_errors_to_exit_codes
 def worker(
-    storage: str, study_name: str | None, device: str, data_dir: Path | None, threads: int | None, quiet: bool
+    storage: str,
+    study_name: str | None,
+    device: str,
+    data_dir: Path | None,
+    threads: int | None,
+    quiet: bool,
+    wait_for_go: bool,
 ) -> None:
     """Join a study from any host: run its trials until its budget is spent.
 
@@ -396,6 +426,11 @@ def worker(
     from lrsearch.study.lifecycle import budget, load, stored_total
 
     settings.check_all()
+    if wait_for_go:  # started by `start` before the study exists: its slow imports now, then the study
+        import torch._dynamo  # noqa: F401  # what torch.optim imports at the first step
+
+        if sys.stdin.readline().strip() != "go":
+            return  # `start` made no study (its pipe closed): nothing to do
     require_database(storage)  # a SQLite file must be there; a PostgreSQL server still starting is waited for
     pick_device(device)
     name = study_name or _study_name(open_storage(storage), None)

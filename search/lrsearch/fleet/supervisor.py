@@ -167,9 +167,35 @@ def _gpu_specs(ids: list[int], per_gpu: int, workers: str | None, device: str, c
     return [WorkerSpec(n, "cuda", threads, names[n // per_gpu]) for n in range(count)]
 
 
-def worker_command(study_name: str, spec: WorkerSpec, data_dir: Path | None) -> list[str]:
+def worker_command(study_name: str, spec: WorkerSpec, data_dir: Path | None, *, held: bool = False) -> list[str]:
     command = [sys.executable, *WORKER_ENTRY, "--study-name", study_name, "--device", spec.device, "--quiet"]
+    command += ["--wait-for-go"] if held else []
     return command + (["--data-dir", str(data_dir)] if data_dir is not None else [])
+
+
+def spawn_held(
+    storage_url: str, study_name: str, specs: Sequence[WorkerSpec], data_dir: Path | None
+) -> list[subprocess.Popen[bytes]]:
+    """Start the workers of a study that `start` has yet to check and create: they import torch (the slow part
+    of their start) meanwhile, then wait. `run_fleet` releases them; `stop_held` ends them, before they have
+    touched the database, when the study is not made."""
+    return [_spawn(storage_url, study_name, spec, data_dir, held=True) for spec in specs]
+
+
+def stop_held(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def _release(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.stdin is not None:
+            try:
+                process.stdin.write(b"go\n")
+                process.stdin.close()
+            except OSError:  # it has died: the supervision reports its exit
+                pass
 
 
 def prepare_data(storage_url: str, study_name: str, data_dir: Path | None) -> None:
@@ -258,10 +284,16 @@ def run_fleet(
     specs: Sequence[WorkerSpec],
     *,
     data_dir: Path | None = None,
+    data_ready: bool = False,
+    held: Sequence[subprocess.Popen[bytes]] = (),
     on_trial: Callable[[FrozenTrial, Budget], None] | None = None,
     echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> Budget:
     """Run the workers until they have spent the study's budget; returns the final count.
+
+    `data_ready`: the objective's data was just read on this host (by `start`'s check of a new study), so none
+    is missing: the workers need not wait for this process to download it. `held`: workers of the first specs
+    already started by `spawn_held`, released here.
 
     Raises KeyboardInterrupt after a signal (workers stopped cleanly), FleetError when the workers ended but
     the budget was not spent (e.g. the objective raised in every worker).
@@ -271,12 +303,16 @@ def run_fleet(
 
     study = load(open_storage(storage_url, retry_seconds=settings.storage_retry_seconds()), study_name)[0]
     watcher = Watcher(study, on_trial)
-    if len(specs) > 1:
+    if len(specs) > 1 and not data_ready:
         prepare_data(storage_url, study_name, data_dir)
     processes: list[subprocess.Popen[bytes]] = []
     stop, signalled = threading.Event(), set[int]()
     with _forwarding(processes, stop, signalled) as received:
-        for spec in specs:
+        processes.extend(held)
+        for spec, process in zip(specs, held, strict=False):
+            echo(f"started {spec.describe()} (pid {process.pid})")
+        _release(held)
+        for spec in specs[len(held) :]:
             if stop.is_set():
                 break
             processes.append(_spawn(storage_url, study_name, spec, data_dir))
@@ -295,11 +331,14 @@ def run_fleet(
     return state
 
 
-def _spawn(storage_url: str, study_name: str, spec: WorkerSpec, data_dir: Path | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    storage_url: str, study_name: str, spec: WorkerSpec, data_dir: Path | None, *, held: bool = False
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        worker_command(study_name, spec, data_dir),
+        worker_command(study_name, spec, data_dir, held=held),
         env=spec.env(dict(os.environ), storage_url),
         start_new_session=True,  # a terminal's Ctrl-C reaches the parent only, which forwards it once
+        stdin=subprocess.PIPE if held else None,  # "go", or the end of the pipe if this process dies
     )
 
 
@@ -384,4 +423,6 @@ __all__ = [
     "parse_gpus",
     "check_gpus",
     "worker_command",
+    "spawn_held",
+    "stop_held",
 ]

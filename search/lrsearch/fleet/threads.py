@@ -1,8 +1,8 @@
 """How a host's CPU cores are divided among its workers: one policy for `--workers auto` and the benchmarks.
 
 On a CPU the per-step work of a small model is too little to keep several cores busy: splitting a step's
-small matmuls among threads costs about as much as it saves. Whole trials in parallel scale instead, so `auto` runs one worker per core with one torch thread each (see
-benchmarks/epoch_speed.py, which measures both).
+small matmuls among threads costs about as much as it saves. Whole trials in parallel scale instead, so
+`auto` runs one worker per core with one torch thread each (benchmarks/epoch_speed.py measures both).
 
     workers = auto_workers()                      # the number of processes for `--workers auto` on CPU
     threads = threads_per_worker(workers)         # torch threads of each (cores // workers, at least 1)

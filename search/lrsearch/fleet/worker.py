@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     import torch
 
     from lrsearch.study.definition import StudyDefinition
+    from lrsearch.train.objective import Objective, TrainingData
 
 _logger = logging.getLogger(__name__)
 POLL_SECONDS = 2.0  # how often an idle worker looks for retries while other workers finish
@@ -156,8 +157,12 @@ def run_worker(
     data_dir: Path | None = None,
     on_trial: TrialCallback | None = None,
     threads: int | None = None,
+    loaded: tuple[Objective, TrainingData] | None = None,
 ) -> int:
     """Run trials of the study until its budget is spent; returns how many this worker ran.
+
+    `loaded`: the study's objective and its data on the CPU, already loaded in this process (by `start`, which
+    checked them before it created the study); used as they are on the CPU, read again for another device.
 
     Raises KeyboardInterrupt after a clean stop on SIGINT/SIGTERM (the running trial failed and queued again),
     DatabaseUnreachableError when the database stays unreachable longer than LRSEARCH_STORAGE_RETRY_SECONDS,
@@ -168,7 +173,7 @@ def run_worker(
         storage = open_storage(storage_url, retry_seconds=settings.storage_retry_seconds())
         study, definition = load(storage, study_name)
         with stopper.interruptible():
-            runner = _make_runner(definition, device, data_dir, threads)
+            runner = _make_runner(definition, device, data_dir, threads, loaded)
         ran = _work(study, storage, runner, stopper, on_trial)
         if stopper.requested is not None:
             raise KeyboardInterrupt(stopper.requested)
@@ -226,13 +231,24 @@ def _stop_failing(last: FrozenTrial, failures: int) -> None:
     )
 
 
-def _make_runner(definition: StudyDefinition, device: str, data_dir: Path | None, threads: int | None) -> TrialRunner:
+def _make_runner(
+    definition: StudyDefinition,
+    device: str,
+    data_dir: Path | None,
+    threads: int | None,
+    loaded: tuple[Objective, TrainingData] | None = None,
+) -> TrialRunner:
+    import torch._dynamo  # noqa: F401  # torch.optim imports it at the first step: not inside the first epoch's time
 
     threads = threads or settings.torch_threads()  # `start` sets LRSEARCH_TORCH_THREADS for its workers
     if threads:
         set_torch_threads(threads)  # `start` divides the cores among its workers
-    objective = load_objective(definition.objective, definition.objective_options)
-    data = load_data(objective, definition.objective, pick_device(device), data_dir)
+    target = pick_device(device)
+    if loaded is not None and loaded[1].train_inputs.device == target:
+        objective, data = loaded
+    else:  # an objective may load its data differently for another device: ask it
+        objective = load_objective(definition.objective, definition.objective_options)
+        data = load_data(objective, definition.objective, target, data_dir)
     return TrialRunner(definition, objective, data, worker=worker_id(), publish=publish_trial)
 
 

@@ -103,9 +103,9 @@ def _open_storage(url: str, retry_seconds: float) -> optuna.storages.RDBStorage:
 
 def _postgres_connect_args(parsed: sqlalchemy.URL) -> dict[str, object]:
     """A connect timeout, and synchronous_commit=off for lrsearch's own sessions: a commit then returns before
-    the server has flushed its log to disk (benchmarks/storage_overhead.py measures what it saves). A crashed or killed worker still loses nothing; a crash of
-    the server itself may lose the last fraction of a second of commits, never the database's consistency.
-    Settings given in the URL (?connect_timeout=, ?options=) win."""
+    the server has flushed its log to disk (benchmarks/storage_overhead.py measures what it saves). A crashed or
+    killed worker still loses nothing; a crash of the server itself may lose the last fraction of a second of
+    commits, never the database's consistency. Settings given in the URL (?connect_timeout=, ?options=) win."""
     args: dict[str, object] = {}
     if "connect_timeout" not in parsed.query:
         args["connect_timeout"] = CONNECT_TIMEOUT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -80,3 +81,28 @@ def _optimizer(strategy: LRStrategy, parameters: list[torch.nn.Parameter], *, fu
         except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
             pass
     return optimizer_class(parameters, **kwargs)  # type: ignore[no-any-return]
+
+
+def last_rise_epoch(strategy: LRStrategy, steps_per_epoch: int) -> int:
+    """The last epoch (1-based) in which the strategy's LR goes up at some step; 0 when it never does.
+
+    After that epoch the LR never rises again within `strategy.epochs`. Found by stepping the real schedule on a
+    stand-in parameter, so it holds for every family and warmup as PyTorch runs them: a warmup rises to its end,
+    OneCycleLR to its peak, CyclicLR in every up phase, CosineAnnealingWarmRestarts at every restart, and the
+    decaying families (and ReduceLROnPlateau, which only lowers it) never.
+    """
+    schedule = Schedule(strategy, [torch.nn.Parameter(torch.zeros(1))], steps_per_epoch, fused=False)
+    per_epoch = steps_per_epoch if schedule.unit is StepUnit.BATCH else 1  # the LR changes only between these
+    last, previous = 0, schedule.lr
+    with warnings.catch_warnings():
+        # Nothing is trained: the scheduler steps without optimizer.step(), which PyTorch warns about.
+        warnings.simplefilter("ignore", UserWarning)
+        for epoch in range(1, strategy.epochs + 1):
+            for step in range(per_epoch):
+                lr = schedule.lr
+                if lr > previous * (1 + 1e-9) and (epoch, step) != (1, 0):  # float noise is no rise
+                    last = epoch
+                previous = lr
+                schedule.after_batch()
+            schedule.after_epoch(0.0)
+    return last

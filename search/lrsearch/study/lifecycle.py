@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lrsearch.errors import ConfigError, StorageError
-from lrsearch.store.optuna_rdb import storage_of
 from lrsearch.store.urls import mask_url
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import VOID_ATTR, voided
@@ -79,34 +79,35 @@ def check_resumable(stored: StudyDefinition, definition: StudyDefinition) -> Non
 
 
 def load(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyDefinition]:
-    """An existing lrsearch study and its stored definition."""
+    """An existing lrsearch study, with its definition's sampler and pruner (Optuna does not store them, so each
+    process makes them), and its stored definition."""
     import optuna
 
     from lrsearch.store.batching import sharing_cache
 
+    cached = sharing_cache(storage)
     try:
-        study = optuna.load_study(study_name=name, storage=sharing_cache(storage))
+        study_id = cached.get_study_id_from_name(name)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         known = ", ".join(names) if names else "none yet; create one with lrsearch start"
         raise ConfigError(f"no study named '{name}' in this storage; studies there: {known}") from None
-    text = study.user_attrs.get(DEFINITION_ATTR)
+    definition = _stored_definition(name, cached.get_study_user_attrs(study_id).get(DEFINITION_ATTR))
+    study = optuna.Study(name, cached, sampler=make_sampler(definition), pruner=make_pruner(definition))
+    return study, definition
+
+
+def _stored_definition(name: str, text: object) -> StudyDefinition:
     if not isinstance(text, str):
         raise StorageError(f"study '{name}' was not made by lrsearch (it has no stored definition)")
-    definition = StudyDefinition.from_json(text, f"study '{name}' (stored definition)")
-    return rebuild(study, definition), definition
+    return _parse_stored(name, text)
 
 
-def rebuild(study: optuna.Study, definition: StudyDefinition) -> optuna.Study:
-    """The study with the definition's sampler and pruner: Optuna does not store them, so each worker makes them."""
-    import optuna
-
-    return optuna.load_study(
-        study_name=study.study_name,
-        storage=storage_of(study),
-        sampler=make_sampler(definition),
-        pruner=make_pruner(definition),
-    )
+@functools.lru_cache(maxsize=8)
+def _parse_stored(name: str, text: str) -> StudyDefinition:
+    """Parsed once per text: workers and the fleet's parent read the stored definition again and again for its
+    budget, which changes only when `start --trials N` resumes the study."""
+    return StudyDefinition.from_json(text, f"study '{name}' (stored definition)")
 
 
 def make_sampler(definition: StudyDefinition) -> optuna.samplers.BaseSampler:
@@ -154,10 +155,7 @@ def budget(study: optuna.Study, total: int) -> Budget:
 
 def stored_total(study: optuna.Study) -> int:
     """The study's budget as stored now (a later `start --trials N` may have changed it), read uncached."""
-    name, text = study.study_name, study.user_attrs.get(DEFINITION_ATTR)
-    if not isinstance(text, str):
-        raise StorageError(f"study '{name}' was not made by lrsearch (it has no stored definition)")
-    return StudyDefinition.from_json(text, f"study '{name}' (stored definition)").trials
+    return _stored_definition(study.study_name, study.user_attrs.get(DEFINITION_ATTR)).trials
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -10,6 +11,7 @@ import optuna
 
 from lrsearch.store.batching import shared_reads, write_trial
 from lrsearch.store.optuna_rdb import frozen_trial
+from lrsearch.strategy.schedule import last_rise_epoch
 from lrsearch.study.definition import StudyDefinition
 from lrsearch.study.record import WORKER_ATTR, TrialRecord, stored_seed
 from lrsearch.study.scoring import EpochSelector
@@ -53,6 +55,7 @@ class TrialRunner:
         definition = self.definition
         with shared_reads(trial.study):  # one read of the trials for the whole sampling, one write of the params
             strategy = definition.space.sample(trial, definition.epochs)
+        batches = steps_per_epoch(self.data, self.objective.batch_size)
         record = TrialRecord(
             number=trial.number,
             state="running",
@@ -61,9 +64,10 @@ class TrialRunner:
             seed=retry_seed(trial, definition.seed),
             worker=self.worker,
             device=str(self.data.train_inputs.device),
-            steps_per_epoch=steps_per_epoch(self.data, self.objective.batch_size),
+            steps_per_epoch=batches,
         )
         assert record.seed is not None
+        last_rise = functools.cache(functools.partial(last_rise_epoch, strategy, batches))
         write_trial(trial, user_attrs=record.started_attrs())
 
         selector = EpochSelector(definition.targets)
@@ -83,10 +87,10 @@ class TrialRunner:
             if trial.should_prune():
                 self._finish(trial, selector, record, f"pruned after epoch {epoch.epoch}", complete=False)
                 raise optuna.TrialPruned(f"val_acc {epoch.val_acc:.4f} after epoch {epoch.epoch}")
-            if selector.should_stop():
+            if selector.should_stop(last_rise):
                 stop_reason = (
                     f"stopped after epoch {epoch.epoch}: train accuracy above "
-                    f"{definition.targets.max_train} for {selector.overfit_streak} epochs"
+                    f"{definition.targets.max_train} for {selector.overfit_streak} epochs, and the LR no longer rises"
                 )
                 break
         return self._finish(trial, selector, record, stop_reason, complete=True).val_acc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lrsearch.study.targets import Targets
@@ -14,12 +15,14 @@ class EpochSelector:
 
     An epoch is feasible when val_acc >= min_val and train_acc <= max_train. The result is the feasible epoch with
     the highest val_acc (the earliest on ties: fewer epochs to train); without one, the epoch with the smallest total
-    violation, so the sampler still learns how far off the trial was.
+    violation, so the sampler still learns how far off the trial was. An epoch whose loss diverged (NaN or inf)
+    violates one more constraint, by 1: whatever its accuracies, it ranks below every epoch that trained.
     """
 
     targets: Targets
     chosen: EpochRecord | None = None
     overfit_streak: int = 0  # epochs in a row with train_acc above max_train
+    epoch: int = 0  # the last epoch added
     _key: tuple[bool, float] = field(default=(False, float("-inf")))
 
     def feasible(self, record: EpochRecord) -> bool:
@@ -40,6 +43,10 @@ class EpochSelector:
             "loss_finite": 1.0 if record.diverged else 0.0,
         }
 
+    def violation(self, record: EpochRecord) -> float:
+        """The total violation: the sum of the constraints' positive values (0 exactly when feasible)."""
+        return sum(self.violations(record)) + (1.0 if record.diverged else 0.0)
+
     @property
     def score(self) -> float:
         """The trial's result so far on one scale: val_acc when feasible (>= 0), minus the violation otherwise (< 0)."""
@@ -47,12 +54,21 @@ class EpochSelector:
 
     def add(self, record: EpochRecord) -> None:
         feasible = self.feasible(record)
-        key = (feasible, record.val_acc if feasible else -sum(self.violations(record)))
+        key = (feasible, record.val_acc if feasible else -self.violation(record))
         if key > self._key:
             self.chosen, self._key = record, key
         self.overfit_streak = self.overfit_streak + 1 if record.train_acc > self.targets.max_train else 0
+        self.epoch = record.epoch
 
-    def should_stop(self) -> bool:
-        """True once training accuracy has stayed above the ceiling for `overfit_patience` epochs."""
+    def should_stop(self, last_rise: Callable[[], int]) -> bool:
+        """True once training accuracy has stayed above the ceiling for `overfit_patience` epochs in a row (0: never)
+        and the LR cannot rise any more: `last_rise()`, the last epoch in which the schedule raises the LR (see
+        lrsearch.strategy.schedule.last_rise_epoch), is at most the last epoch added. It is called only then.
+
+        The stop assumes that under an LR that only stays or falls, a model above the ceiling for that long stays
+        above it, so no later epoch is feasible. A rising LR (a warmup, OneCycleLR before its peak, CyclicLR,
+        CosineAnnealingWarmRestarts) can knock the training accuracy back under the ceiling: such a trial trains on
+        at least until its last rise.
+        """
         patience = self.targets.overfit_patience
-        return patience > 0 and self.overfit_streak >= patience
+        return patience > 0 and self.overfit_streak >= patience and last_rise() <= self.epoch

@@ -39,7 +39,7 @@ def train(
     `train_accuracy` "eval": accuracy of the epoch's final weights over the whole training set (an extra
     forward pass); "running": accuracy of the batches as they were trained during the epoch (free, but lags
     the weights).
-    `fast_kernels`: fused optimizer kernels, and for a plain MLP under cross-entropy the hand-derived `MLPStep`
+    `fast_kernels`: fused optimizer kernels, and for an objective with `fast_mlp_step` the hand-derived `MLPStep`
     (False: autograd and the optimizers' default kernels, as the usual loop; for comparisons).
     The same seed on the same device gives the same records.
     """

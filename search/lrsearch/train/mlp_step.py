@@ -1,11 +1,13 @@
 """A hand-derived training step for plain MLPs under cross-entropy: autograd's gradients, in fewer operations.
 
-For a model that is an `nn.Sequential` of `Linear`, `ReLU` (and a leading `Flatten`) trained with the
-default cross-entropy loss, `MLPStep` computes the forward pass, the loss and every parameter's gradient
-directly, as `loss.backward()` would (the same operations up to float rounding), without building an autograd
-graph. On a CPU core that saves about a sixth of the default objective's step: autograd's bookkeeping, and a
-weight-gradient matmul that autograd runs on a transposed layout at half the speed (benchmarks/epoch_speed.py
-compares both). Any other model or loss is trained by autograd, unchanged.
+For an objective that opts in (`fast_mlp_step = True`: its model is an `nn.Sequential` of `Linear`, `ReLU` and
+a leading `Flatten`, trained with the default cross-entropy loss), `MLPStep` computes the forward pass, the loss
+and every parameter's gradient directly, as `loss.backward()` would (the same operations up to float rounding),
+without building an autograd graph. On a CPU core that saves about a sixth of the default objective's step:
+autograd's bookkeeping, and a weight-gradient matmul that autograd runs on a transposed layout at half the speed
+(benchmarks/epoch_speed.py compares both). The opt-in is the objective's promise, since no check can see
+everything that changes what autograd computes; `for_model` still refuses anything it can see that the step
+ignores. Every other objective, model or loss is trained by autograd, unchanged.
 """
 
 from __future__ import annotations
@@ -25,22 +27,38 @@ class MLPStep:
 
     @classmethod
     def for_model(cls, model: nn.Module, objective: Objective, targets: torch.Tensor) -> MLPStep | None:
-        """The step for `model`, or None when it is not a plain MLP trained with cross-entropy on class ids."""
-        if type(objective).loss is not Objective.loss or targets.dtype != torch.long or targets.dim() != 1:
+        """The step for `model`, or None when the objective did not opt in or anything would make it differ.
+
+        It runs only for an objective with `fast_mlp_step = True` and only where nothing it ignores is present:
+        the objective's own `loss` (a subclass's method or one set on the instance), targets that are not class
+        ids >= 0 (cross-entropy ignores -100), a module reused or a parameter shared (weight tying), a module
+        other than Linear, ReLU and a leading Flatten (dropout, other activations, subclasses), a forward or
+        backward hook on any module, a global module hook, a `forward` set on an instance, a parameter that is
+        frozen, not float32 or has a gradient hook.
+        """
+        if not getattr(objective, "fast_mlp_step", False) or not _default_loss(objective):
             return None
-        if type(model) is not nn.Sequential or _has_hooks(model):
+        if targets.dtype != torch.long or targets.dim() != 1 or (len(targets) and int(targets.min()) < 0):
+            return None
+        if type(model) is not nn.Sequential or _global_hooks():
             return None
         children = list(model)
+        modules = [model, *children]
+        if len({id(m) for m in modules}) != len(modules) or any(_customised(m) for m in modules):
+            return None
         first = children[0] if children else None
-        flatten = isinstance(first, nn.Flatten) and type(first) is nn.Flatten
+        flatten = type(first) is nn.Flatten
         if isinstance(first, nn.Flatten) and (first.start_dim, first.end_dim) != (1, -1):
             return None
         layers = children[1:] if flatten else children
-        if not layers or type(layers[0]) is not nn.Linear:
+        if not layers or type(layers[0]) is not nn.Linear or any(type(m) not in (nn.Linear, nn.ReLU) for m in layers):
             return None
-        if any(type(layer) not in (nn.Linear, nn.ReLU) or _has_hooks(layer) for layer in layers):
+        owned = [p for m in layers for p in m.parameters(recurse=False)]
+        if len({id(p) for p in owned}) != len(owned) or len(owned) != len(list(model.parameters())):
             return None
-        if any(not p.requires_grad or p.dtype != torch.float32 for p in model.parameters()):
+        if any(type(p) is not nn.Parameter or not p.requires_grad or p.dtype != torch.float32 for p in owned):
+            return None
+        if any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in owned):
             return None
         return cls(layers, flatten)  # type: ignore[arg-type]
 
@@ -75,7 +93,25 @@ class MLPStep:
         return loss, h
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+def _default_loss(objective: Objective) -> bool:
+    """The objective's `loss` is lrsearch's own cross-entropy: not overridden, not replaced on the instance."""
+    loss = getattr(objective, "loss", None)
+    return getattr(loss, "__func__", None) is Objective.loss and getattr(loss, "__self__", None) is objective
+
+
+def _customised(module: nn.Module) -> bool:
+    """Hooks or an instance `forward` change what calling the module computes (or its gradients)."""
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    return any(hooks) or "forward" in vars(module)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module
+
+    hooks = (
+        module._global_forward_hooks,
+        module._global_forward_pre_hooks,
+        module._global_backward_hooks,
+        module._global_backward_pre_hooks,
     )
+    return any(hooks)

@@ -40,6 +40,10 @@ class Objective:
     """
 
     batch_size: int = 64
+    # True: the model is a plain MLP (nn.Sequential of Linear and ReLU, a Flatten first at most) and `loss` is
+    # this class's cross-entropy; lrsearch may then compute the gradients by hand instead of by autograd (the
+    # same values, a faster step; lrsearch.train.mlp_step). It still uses autograd where it sees anything else.
+    fast_mlp_step: bool = False
 
     def load_data(self, device: torch.device, data_dir: Path | None) -> TrainingData:
         """Read the data once per worker process and put it on `device`."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -28,13 +27,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from lrsearch import settings
 from lrsearch.errors import ConfigError, LRSearchError
 from lrsearch.fleet.ray_actor import WorkerProcess, describe_exit
-from lrsearch.fleet.supervisor import POLL_SECONDS, STOP_TIMEOUT, FleetError, Watcher, WorkerSpec, worker_count
+from lrsearch.fleet.supervisor import (
+    POLL_SECONDS,
+    STOP_TIMEOUT,
+    FleetError,
+    Watcher,
+    WorkerSpec,
+    stop_signals,
+    worker_count,
+)
 from lrsearch.fleet.threads import THREAD_ENVS
 from lrsearch.store.urls import mask_url, parse_url, sqlite_file
 
@@ -271,7 +278,7 @@ def run_ray_fleet(
     actor_class = ray.remote(RayWorkerProcess)
     options = _placement(ray, storage_url, cluster)
     stop = threading.Event()
-    with _stopping_on_signals(stop) as received:
+    with stop_signals(stop) as received:
         actors, runs = [], []
         for worker in planned:
             actor = actor_class.options(
@@ -306,27 +313,6 @@ def _placement(ray: ModuleType, storage_url: str, cluster: Cluster) -> dict[str,
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=cluster.this_node, soft=False)}
-
-
-@contextmanager
-def _stopping_on_signals(stop: threading.Event) -> Iterator[list[str]]:
-    """While inside: SIGINT/SIGTERM/SIGHUP set `stop` (the loop stops the workers) instead of ending this process."""
-    received: list[str] = []
-
-    def handle(number: int, frame: FrameType | None) -> None:
-        received.append(signal.Signals(number).name)
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {n: signal.signal(n, handle) for n in numbers}
-    try:
-        yield received
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _supervise(

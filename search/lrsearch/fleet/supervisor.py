@@ -255,22 +255,22 @@ def _signal_workers(processes: list[subprocess.Popen[bytes]], number: int, signa
 
 
 @contextmanager
-def _forwarding(
-    processes: list[subprocess.Popen[bytes]], stop: threading.Event, signalled: set[int]
-) -> Iterator[list[str]]:
-    """While inside: SIGINT/SIGTERM/SIGHUP to this process go to every worker (they stop cleanly)."""
+def stop_signals(stop: threading.Event, forward: Callable[[int], None] | None = None) -> Iterator[list[str]]:
+    """While inside: SIGINT/SIGTERM/SIGHUP to this process set `stop` and go to `forward` (e.g. to the workers)
+    instead of ending it; yields the names of the signals received."""
     received: list[str] = []
 
-    def forward(number: int, frame: FrameType | None) -> None:
+    def handle(number: int, frame: FrameType | None) -> None:
         received.append(signal.Signals(number).name)
         stop.set()
-        _signal_workers(processes, signal.SIGINT if number == signal.SIGINT else signal.SIGTERM, signalled)
+        if forward is not None:
+            forward(number)
 
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
     numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {n: signal.signal(n, forward) for n in numbers}
+    previous = {n: signal.signal(n, handle) for n in numbers}
     try:
         yield received
     finally:
@@ -307,7 +307,11 @@ def run_fleet(
         prepare_data(storage_url, study_name, data_dir)
     processes: list[subprocess.Popen[bytes]] = []
     stop, signalled = threading.Event(), set[int]()
-    with _forwarding(processes, stop, signalled) as received:
+
+    def forward(number: int) -> None:  # the workers stop cleanly
+        _signal_workers(processes, signal.SIGINT if number == signal.SIGINT else signal.SIGTERM, signalled)
+
+    with stop_signals(stop, forward) as received:
         processes.extend(held)
         for spec, process in zip(specs, held, strict=False):
             echo(f"started {spec.describe()} (pid {process.pid})")

@@ -46,7 +46,7 @@ from lrsearch.fleet.threads import set_torch_threads
 from lrsearch.review.publish import publish_trial
 from lrsearch.store.batching import shared_reads, write_trial
 from lrsearch.store.budget_lock import budget_lock
-from lrsearch.store.liveness import Heartbeat, fail_and_requeue, reap, void
+from lrsearch.store.liveness import Heartbeat, fail_and_requeue, reap, release, void
 from lrsearch.store.optuna_rdb import backend_of, storage_of, trial_id
 from lrsearch.store.retry import unit_of_work
 from lrsearch.store.storage import open_storage
@@ -188,9 +188,10 @@ def _work(
     on_trial: TrialCallback | None,
 ) -> int:
     ran = failed_in_a_row = 0
+    unclaimed: list[int] = []  # a trial made by a claim that failed before its first heartbeat
     while stopper.requested is None:
         try:
-            trial, state = _unit(storage, "claiming a trial", lambda: _claim(study, storage, stopper))
+            trial, state = _unit(storage, "claiming a trial", lambda: _claim(study, storage, stopper, unclaimed))
         except _LockLost:
             _logger.warning("the budget lock was lost (database connection dropped); counting again")
             continue
@@ -253,11 +254,20 @@ def _make_runner(
 
 
 def _claim(
-    study: optuna.Study, storage: optuna.storages.RDBStorage, stopper: Stopper
+    study: optuna.Study, storage: optuna.storages.RDBStorage, stopper: Stopper, unclaimed: list[int]
 ) -> tuple[optuna.Trial | None, Budget]:
-    """Under the budget lock: reap dead workers' trials, count, and start a trial if the budget has room."""
+    """Under the budget lock: reap dead workers' trials, count, and start a trial if the budget has room.
+
+    A claim that fails after making its trial (the database went away before the first heartbeat) is run again
+    as a whole; its next run gives that trial's place back at once (`unclaimed`) instead of leaving it to be
+    reaped as an orphan after the heartbeat grace period."""
     with budget_lock(storage, study.study_name) as held:
         reap(study)
+        while unclaimed:
+            release(
+                study, unclaimed[-1], "its claim failed before the first heartbeat (database error)", interrupted=True
+            )
+            unclaimed.pop()
         with shared_reads(study):  # the count's read of the trials serves the ask (the lock keeps it current)
             state = budget(study, stored_total(study))
             if not state.can_start or stopper.requested is not None:
@@ -265,8 +275,10 @@ def _claim(
             if not held():  # the connection holding the lock dropped: the count may be stale
                 raise _LockLost
             trial = _ask(study)  # a queued retry first, else a new trial
+        unclaimed.append(trial_id(trial))
         # Its first heartbeat before the lock is released: any RUNNING trial without one is an orphan.
         storage_of(study).record_heartbeat(trial_id(trial))  # type: ignore[attr-defined]
+        unclaimed.pop()
         if held():
             return trial, state
     # The lock's connection dropped while the trial was made (a retried call may have made it late): another

@@ -65,10 +65,17 @@ def reap(study: optuna.Study) -> None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # no heartbeat for the grace period
     for trial_id in orphans(study):  # RUNNING but never a heartbeat: its worker died right after making it
-        if "failed_trial" in storage_of(study).get_trial(trial_id).system_attrs:
-            fail_and_requeue(study, trial_id, "its worker died before the trial's first heartbeat", retry=None)
-        else:  # nothing ran yet: free its place (it may also be a copy made by a retried database call)
-            void(study, trial_id, "its worker died before the trial's first heartbeat")
+        release(study, trial_id, "its worker died before the trial's first heartbeat")
+
+
+def release(study: optuna.Study, trial_id: int, reason: str, *, interrupted: bool = False) -> None:
+    """Give back the place of a RUNNING trial that never trained: a queued retry is queued again (`interrupted`:
+    without counting against its retries), a new trial is voided (it may also be a copy made by a retried
+    database call). Call it under the budget lock."""
+    if "failed_trial" in storage_of(study).get_trial(trial_id).system_attrs:
+        fail_and_requeue(study, trial_id, reason, retry=None, interrupted=interrupted)
+    else:
+        void(study, trial_id, reason)
 
 
 def void(study: optuna.Study, trial_id: int, reason: str) -> None:
@@ -113,4 +120,4 @@ def fail_and_requeue(
     RetryCopy(retry, interrupted=interrupted)(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
-__all__ = ["Heartbeat", "VOID_ATTR", "fail_and_requeue", "orphans", "reap", "void"]
+__all__ = ["Heartbeat", "VOID_ATTR", "fail_and_requeue", "orphans", "reap", "release", "void"]

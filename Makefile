@@ -18,6 +18,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check search objectives tests benchmarks
 	$(BIN)/ruff format --check search objectives tests benchmarks
 	$(BIN)/mypy
+	PYTHONPATH=search:objectives $(BIN)/lint-imports --no-cache
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

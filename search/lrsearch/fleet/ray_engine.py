@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -104,9 +105,12 @@ def ray_cluster(address: str) -> Iterator[Cluster]:
     if not sys.stderr.isatty():  # the workers' lines Ray passes on, without colour codes in a log file
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     _check_answers(address)
+    # ray.init installs its own SIGINT/SIGTERM handlers and leaves them after shutdown: this process gets its own back.
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         ray.init(address=address or None, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as e:
+        _restore(handlers)
         # Ray's reason is the last line of the error's cause (e.g. a missing token)
         cause = f" ({(str(e.__cause__).strip().splitlines() or [''])[-1]})" if e.__cause__ is not None else ""
         where = f"at {address}" if address not in ("", "auto") else "running on this host (or at RAY_ADDRESS)"
@@ -118,6 +122,13 @@ def ray_cluster(address: str) -> Iterator[Cluster]:
         yield _cluster(ray)
     finally:
         ray.shutdown()
+        _restore(handlers)
+
+
+def _restore(handlers: dict[signal.Signals, Any]) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
 
 
 def _check_answers(address: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     import optuna
 
 DEFINITION_ATTR = "lrsearch.definition"
+CREATING_SECONDS = 10.0  # how long a study made by another process may be without its definition
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def create_or_resume(
             storage=storage, study_name=definition.name, direction="maximize", load_if_exists=False
         )
     except optuna.exceptions.DuplicatedStudyError:
-        study, stored = load(storage, definition.name)
+        study, stored = _load_once_defined(storage, definition.name)
         if compare:
             check_resumable(stored, definition)
         if stored.trials != definition.trials:
@@ -97,9 +99,26 @@ def load(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study,
     return study, definition
 
 
+class _Undefined(StorageError):
+    """A study without a stored definition: not made by lrsearch, or being created by another process."""
+
+
+def _load_once_defined(storage: optuna.storages.BaseStorage, name: str) -> tuple[optuna.Study, StudyDefinition]:
+    """`load`, waiting up to CREATING_SECONDS while the study has no definition yet: another process (a Slurm
+    array task, a Kubernetes pod, a second `lrsearch create`) made it a moment ago and is storing its definition."""
+    deadline = time.monotonic() + CREATING_SECONDS
+    while True:
+        try:
+            return load(storage, name)
+        except _Undefined:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _stored_definition(name: str, text: object) -> StudyDefinition:
     if not isinstance(text, str):
-        raise StorageError(f"study '{name}' was not made by lrsearch (it has no stored definition)")
+        raise _Undefined(f"study '{name}' was not made by lrsearch (it has no stored definition)")
     return _parse_stored(name, text)
 
 

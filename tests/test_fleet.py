@@ -7,6 +7,7 @@ period so that a killed worker's trial is taken over within seconds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -148,6 +149,28 @@ def assert_exact(url: str, total: int) -> list[FrozenTrial]:
     assert states["finished"] == total, states
     assert states["RUNNING"] == 0 and states["WAITING"] == 0, states
     return trials
+
+
+def assert_every_epoch_stored(trials: list[FrozenTrial]) -> None:
+    """Each trial completed or was pruned, and every epoch it reported is stored as an intermediate value."""
+    for trial in trials:
+        epochs = {r["epoch"] for r in trial.user_attrs["history"] if math.isfinite(r["train_loss"])}
+        assert set(trial.intermediate_values) == epochs, trial.number  # every reported epoch is stored
+        assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def assert_two_workers_join_a_created_study(tmp_path: Path, url: str, env: dict[str, str], trials: int) -> None:
+    """`lrsearch create`, then two `lrsearch worker` processes that share the study and spend its budget exactly."""
+    study = write_study(tmp_path, SLOW.format(samples=4000), trials=trials, epochs=2)
+    created = CliRunner().invoke(main, ["create", str(study), "--storage", url])
+    assert created.exit_code == 0 and f"0/{trials} trials finished" in created.stderr
+    args = ("worker", "--study-name", "synthetic", "--storage", url)
+    first = lrsearch_process(env, *args)
+    second = lrsearch_process(env, *args)
+    (code1, err1), (code2, err2) = finish(first), finish(second)
+    assert code1 == 0 and code2 == 0, err1 + err2
+    workers = Counter(t.user_attrs["worker"] for t in assert_exact(url, trials))
+    assert len(workers) == 2, workers
 
 
 # --- planning ------------------------------------------------------------------------------------------

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import math
 import threading
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import sqlalchemy
-from click.testing import CliRunner
-from optuna.trial import TrialState
 
 from conftest import MYSQL_SERVER, mysql_connect, write_study
-from lrsearch.cli import main
 from test_fleet import (
     SLOW,
     _no_leftover_processes,
+    assert_every_epoch_stored,
     assert_exact,
+    assert_two_workers_join_a_created_study,
     finish,
     lrsearch_process,
     mid_trial,
@@ -38,23 +35,11 @@ def test_two_workers_keep_the_budget_and_every_epoch(
     assert code == 0, err
     trials = assert_exact(mysql_url, total)
     assert len(trials) == total and len({t.user_attrs["worker"] for t in trials}) == 2
-    for trial in trials:
-        epochs = {r["epoch"] for r in trial.user_attrs["history"] if math.isfinite(r["train_loss"])}
-        assert set(trial.intermediate_values) == epochs, trial.number  # every reported epoch is stored
-        assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert_every_epoch_stored(trials)
 
 
 def test_workers_join_a_study_created_on_its_own(tmp_path: Path, mysql_url: str, process_env: dict[str, str]) -> None:
-    study = write_study(tmp_path, SLOW.format(samples=4000), trials=6, epochs=2)
-    created = CliRunner().invoke(main, ["create", str(study), "--storage", mysql_url])
-    assert created.exit_code == 0 and "0/6 trials finished" in created.stderr
-    args = ("worker", "--study-name", "synthetic", "--storage", mysql_url)
-    first = lrsearch_process(process_env, *args)
-    second = lrsearch_process(process_env, *args)
-    (code1, err1), (code2, err2) = finish(first), finish(second)
-    assert code1 == 0 and code2 == 0, err1 + err2
-    workers = Counter(t.user_attrs["worker"] for t in assert_exact(mysql_url, 6))
-    assert len(workers) == 2, workers
+    assert_two_workers_join_a_created_study(tmp_path, mysql_url, process_env, trials=6)
 
 
 def test_workers_survive_dropped_connections(tmp_path: Path, mysql_url: str, process_env: dict[str, str]) -> None:

@@ -8,23 +8,22 @@ import shutil
 import subprocess
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
-from click.testing import CliRunner
 from optuna.trial import FrozenTrial, TrialState
 
 from conftest import SERVER, _connect, write_study
-from lrsearch.cli import main
 from lrsearch.store.storage import open_storage
 from lrsearch.study.lifecycle import VOID_ATTR
 from test_fleet import (
     SLOW,
     _no_leftover_processes,
+    assert_every_epoch_stored,
     assert_exact,
+    assert_two_workers_join_a_created_study,
     count,
     finish,
     lrsearch_process,
@@ -45,23 +44,11 @@ def test_four_workers_keep_the_budget_and_every_epoch(tmp_path: Path, pg_url: st
     assert code == 0, err
     trials = assert_exact(pg_url, total)
     assert len(trials) == total and len({t.user_attrs["worker"] for t in trials}) >= 2
-    for trial in trials:
-        epochs = {r["epoch"] for r in trial.user_attrs["history"] if math.isfinite(r["train_loss"])}
-        assert set(trial.intermediate_values) == epochs, trial.number  # every reported epoch is stored
-        assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert_every_epoch_stored(trials)
 
 
 def test_workers_join_a_study_created_on_its_own(tmp_path: Path, pg_url: str, process_env: dict[str, str]) -> None:
-    study = write_study(tmp_path, SLOW.format(samples=4000), trials=8, epochs=2)
-    created = CliRunner().invoke(main, ["create", str(study), "--storage", pg_url])
-    assert created.exit_code == 0 and "0/8 trials finished" in created.stderr
-    args = ("worker", "--study-name", "synthetic", "--storage", pg_url)
-    first = lrsearch_process(process_env, *args)
-    second = lrsearch_process(process_env, *args)
-    (code1, err1), (code2, err2) = finish(first), finish(second)
-    assert code1 == 0 and code2 == 0, err1 + err2
-    workers = Counter(t.user_attrs["worker"] for t in assert_exact(pg_url, 8))
-    assert len(workers) == 2, workers
+    assert_two_workers_join_a_created_study(tmp_path, pg_url, process_env, trials=8)
 
 
 def test_workers_survive_dropped_connections(tmp_path: Path, pg_url: str, process_env: dict[str, str]) -> None:
